@@ -1,0 +1,22 @@
+"""polytask: fine-tune one pretrained encoder on many NLP tasks at once.
+
+Public API::
+
+    import polytask
+    config = polytask.load_config("examples/atis.yaml", ["train.epochs=1"])
+    result = polytask.train(config)
+    model = polytask.load(result.best_dir)
+    model.predict(["show me flights from boston to denver"])
+"""
+
+from polytask.config import Config, ModelConfig, TaskConfig, TrainConfig, load_config
+from polytask.errors import NotSupportedError, UserError
+from polytask.model.multitask import MultiTaskModel
+from polytask.predict import Predictor, load
+from polytask.train.loop import TrainResult, train
+from polytask.version import __version__
+
+__all__ = [
+    "Config", "ModelConfig", "TaskConfig", "TrainConfig", "load_config", "UserError", "NotSupportedError",
+    "MultiTaskModel", "Predictor", "load", "train", "TrainResult", "__version__",
+]

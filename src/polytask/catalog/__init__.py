@@ -1,0 +1,1 @@
+"""Built-in encoders and datasets, installed from ordinary packages (nothing is downloaded from a hub)."""

@@ -1,0 +1,163 @@
+"""The ``polytask`` command. Thin: parses arguments, calls the library, maps user errors to exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from polytask.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"polytask: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("polytask: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polytask", description="Fine-tune one encoder on many NLP tasks at once.")
+    p.add_argument("--version", action="version", version=f"polytask {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a multi-task model from a YAML config")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set train.epochs=3 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue the run in train.output_dir from last/")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in train.output_dir")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="per-task metrics of a trained model on a split")
+    e.add_argument("run", help="run folder (its best/ checkpoint is used) or checkpoint folder")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
+    e.add_argument("--output", help="folder for report.json and report.md (default: the run folder)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="predict every task for texts in a JSONL (or .txt) file")
+    r.add_argument("checkpoint", help="checkpoint folder or run folder")
+    r.add_argument("--input", required=True, help="JSONL with a 'text' field per line, or a .txt with a text per line")
+    r.add_argument("--output", required=True, help="JSONL file to write")
+    r.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("datasets", help="list built-in datasets")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_datasets)
+    n = sub.add_parser("encoders", help="list built-in encoders")
+    n.set_defaults(func=cmd_encoders)
+    return p
+
+
+def _version() -> str:
+    from polytask.version import __version__
+
+    return __version__
+
+
+def cmd_train(args) -> int:
+    from polytask.config import load_config
+    from polytask.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    print(f"trained {result.global_step} steps; best checkpoint: {result.best_dir}")
+    if result.validation:
+        print("last validation: " + "  ".join(f"{k}={v:.4f}" for k, v in result.validation.items()
+                                              if k.count(".") == 0 or k.endswith(("accuracy", ".f1"))))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from polytask.evaluate.report import evaluate_checkpoint, results_json, summary_rows, write_report
+    from polytask.predict import Predictor, checkpoint_dir
+
+    ckpt = checkpoint_dir(args.run)
+    predictor = Predictor(ckpt)
+    results = evaluate_checkpoint(predictor, args.split, args.batch_size)
+    if not any(k in predictor.tasks for k in results):
+        raise UserError(f"no task of {ckpt} has a {args.split} split")
+    out_dir = Path(args.output) if args.output else (ckpt.parent if ckpt.name in ("best", "last") else ckpt)
+    json_path, md_path = write_report(results, predictor, args.split, out_dir)
+    if args.json:
+        print(results_json(results))
+    else:
+        print(f"{args.split} metrics ({ckpt}):")
+        for name, typ, shown in summary_rows(results, predictor.tasks):
+            print(f"  {name} [{typ}]: {shown}")
+        print(f"  mean of main metrics: {results['mean']:.4f}")
+        print(f"reports: {json_path}, {md_path}")
+    return 0
+
+
+def read_inputs(path: Path) -> tuple[list[dict], list[str]]:
+    from polytask.data.readers import _decode, read_rows
+
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise UserError(f"input file not found: {path}")
+        lines = _decode(path, path.read_bytes()).splitlines()
+        pairs = [(f"{path}:{i}", {"text": line}) for i, line in enumerate(lines, 1) if line.strip()]
+    else:
+        pairs = read_rows(path, key="--input")
+    if not pairs:
+        raise UserError(f"{path}: no inputs")
+    return [r for _, r in pairs], [w for w, _ in pairs]
+
+
+def cmd_predict(args) -> int:
+    from polytask.predict import Predictor
+
+    records, where = read_inputs(Path(args.input))
+    predictor = Predictor(args.checkpoint)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    preds = predictor.predict(records, tasks=tasks, batch_size=args.batch_size, where=where)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for rec, p in zip(records, preds):
+            f.write(json.dumps({**rec, **p}, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {len(preds)} predictions for {', '.join(tasks or predictor.task_names)} to {out}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from polytask.catalog.datasets import DATASETS, dataset_summary
+
+    summaries = [dataset_summary(DATASETS.get(n)) for n in DATASETS.names()]
+    if args.json:
+        print(json.dumps(summaries, indent=2, ensure_ascii=False))
+        return 0
+    for s in summaries:
+        splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
+        print(f"{s['name']}: {s['description']}\n  splits: {splits}\n  package: {s['package']}")
+        for task, spec in s["suggested_tasks"].items():
+            print(f"  task {task}: " + ", ".join(f"{k}: {v}" for k, v in spec.items()))
+    return 0
+
+
+def cmd_encoders(args) -> int:
+    from polytask.catalog.encoders import ENCODERS
+
+    for enc in ENCODERS.values():
+        print(f"{enc.name}: {enc.description}\n  package: {enc.pip_name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

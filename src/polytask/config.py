@@ -1,0 +1,368 @@
+"""Typed configuration: dataclass sections, YAML loading, ``--set`` overrides and validation.
+
+Every section is a plain dataclass, so a config can be built in Python as easily as from YAML::
+
+    from polytask.config import Config, ModelConfig, TaskConfig, TrainConfig
+    cfg = Config(
+        model=ModelConfig(encoder="minilm"),
+        tasks={"intent": TaskConfig(type="classification", train="train.jsonl", label="intent")},
+        train=TrainConfig(output_dir="runs/demo", epochs=1),
+    )
+    cfg.validate()
+
+``load_config(path, overrides)`` reads YAML, applies ``key.path=value`` overrides, checks every key and
+type against these dataclasses and runs ``validate()``. Any problem raises ``UserError`` naming the key
+path, the bad value and what is allowed — before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from polytask.errors import UserError
+
+SAMPLING = ("proportional", "temperature", "round_robin", "uniform")
+FREEZE_RE = re.compile(r"^(none|embeddings|encoder|bottom:(\d+))$")
+
+
+@dataclass
+class ModelConfig:
+    """``model:`` section — the shared encoder."""
+
+    encoder: str = "minilm"  # built-in name or a local Hugging Face folder
+    max_length: int = 128  # longer inputs are truncated (word tags past it are predicted as the first tag 'O')
+    freeze: str = "none"  # none | embeddings | bottom:N | encoder
+    pooling: Literal["mean", "cls"] = "mean"  # sentence representation for sentence-level heads
+    dropout: float = 0.1  # dropout before every head
+
+
+@dataclass
+class TaskConfig:
+    """One entry of ``tasks:`` — a task, its data and its loss weight."""
+
+    type: str = ""
+    dataset: str | None = None  # built-in dataset name (see `polytask datasets`) ...
+    train: str | None = None  # ... or files: .jsonl .csv .tsv .parquet
+    validation: str | None = None
+    test: str | None = None
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    weight: float = 1.0
+    threshold: float = 0.5  # multilabel_classification: probability above which a label is predicted
+    label_separator: str = ";"  # multilabel labels given as one string in CSV/TSV
+    max_train_samples: int | None = None  # keep the first N training examples (quick runs)
+    max_eval_samples: int | None = None  # keep the first N validation/test examples
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """``train.early_stopping:`` — stop when ``metric`` has not improved for ``patience`` validations."""
+
+    metric: str = "mean"  # mean | loss | <task>.<metric>  (e.g. slots.f1)
+    patience: int | None = 2  # null: never stop early (the best checkpoint is still kept)
+    min_delta: float = 0.0
+
+
+@dataclass
+class WeightingConfig:
+    """``train.weighting:`` — how per-task losses are combined. ``method`` plus that method's options."""
+
+    method: str = "static"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> WeightingConfig:
+        if isinstance(data, str):
+            data = {"method": data}
+        if not isinstance(data, dict):
+            raise UserError(f"config key '{path}' must be a mapping like {{method: static}}, got {data!r}")
+        data = dict(data)
+        method = data.pop("method", "static")
+        if not isinstance(method, str):
+            raise UserError(f"config key '{path}.method' must be a string, got {method!r}")
+        return cls(method=method, options=data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **self.options}
+
+
+@dataclass
+class TrainConfig:
+    """``train:`` section — optimisation, sampling, validation and checkpointing."""
+
+    output_dir: str = "runs/polytask"
+    epochs: int = 3
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 32  # per process
+    eval_batch_size: int = 64
+    lr: float = 5.0e-5
+    head_lr: float | None = None  # learning rate of the task heads (default: lr)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    sampling: str = "proportional"
+    temperature: float = 2.0  # for sampling: temperature  (p_i ~ n_i^(1/T))
+    group_by_length: bool = False  # batch examples of similar length together (less padding)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    eval_steps: int | None = None  # also validate every N optimizer steps (default: once per epoch)
+    save_steps: int | None = None  # also save resumable training state every N optimizer steps
+    logging_steps: int = 10
+    seed: int = 42
+    precision: Literal["fp32", "bf16"] = "fp32"
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    tensorboard: bool = True
+    progress: bool = True  # progress bars
+
+
+@dataclass
+class Config:
+    """The whole run: ``model``, ``tasks`` (name -> TaskConfig) and ``train``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> Config:
+        """Check the combinations that types alone can't; raise UserError naming the key."""
+        # Imported here: the registries import config-free modules only, but keep config importable alone.
+        from polytask.catalog.datasets import DATASETS
+        from polytask.tasks import TASK_TYPES
+        from polytask.weighting import WEIGHTINGS
+
+        m = self.model
+        if not FREEZE_RE.match(m.freeze):
+            _bad("model.freeze", m.freeze, "none, embeddings, encoder, bottom:N")
+        if m.max_length < 8:
+            _bad("model.max_length", m.max_length, "an integer >= 8")
+        if not 0.0 <= m.dropout < 1.0:
+            _bad("model.dropout", m.dropout, "a number in [0, 1)")
+        if not self.tasks:
+            raise UserError("config key 'tasks' is empty: define at least one task")
+        for name, t in self.tasks.items():
+            p = f"tasks.{name}"
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]*$", name):
+                _bad(p, name, "a task name of letters, digits, '_' or '-'")
+            if not t.type:
+                raise UserError(f"config key '{p}.type' is missing; allowed: {', '.join(TASK_TYPES.names())}")
+            TASK_TYPES.get(t.type, where=f"config key '{p}.type'")
+            if t.dataset is None and t.train is None:
+                raise UserError(f"config key '{p}': give either 'dataset' (built-in) or 'train' (a file)")
+            if t.dataset is not None:
+                if t.train is not None:
+                    raise UserError(f"config key '{p}': 'dataset' and 'train' are exclusive; give one")
+                DATASETS.get(t.dataset, where=f"config key '{p}.dataset'")
+            if t.weight < 0:
+                _bad(f"{p}.weight", t.weight, "a number >= 0")
+            if not 0.0 < t.threshold < 1.0:
+                _bad(f"{p}.threshold", t.threshold, "a number in (0, 1)")
+            for k in ("max_train_samples", "max_eval_samples"):
+                v = getattr(t, k)
+                if v is not None and v < 1:
+                    _bad(f"{p}.{k}", v, "null or an integer >= 1")
+        tr = self.train
+        positive = {"epochs": tr.epochs, "batch_size": tr.batch_size, "eval_batch_size": tr.eval_batch_size,
+                    "grad_accum": tr.grad_accum, "logging_steps": tr.logging_steps}
+        for k, v in positive.items():
+            if v < 1:
+                _bad(f"train.{k}", v, "an integer >= 1")
+        for k in ("max_steps", "eval_steps", "save_steps"):
+            v = getattr(tr, k)
+            if v is not None and v < 1:
+                _bad(f"train.{k}", v, "null or an integer >= 1")
+        if tr.lr <= 0:
+            _bad("train.lr", tr.lr, "a number > 0")
+        if tr.head_lr is not None and tr.head_lr <= 0:
+            _bad("train.head_lr", tr.head_lr, "null or a number > 0")
+        if not 0.0 <= tr.warmup_ratio < 1.0:
+            _bad("train.warmup_ratio", tr.warmup_ratio, "a number in [0, 1)")
+        if tr.weight_decay < 0:
+            _bad("train.weight_decay", tr.weight_decay, "a number >= 0")
+        if tr.grad_clip is not None and tr.grad_clip <= 0:
+            _bad("train.grad_clip", tr.grad_clip, "null or a number > 0")
+        if tr.sampling not in SAMPLING:
+            _bad("train.sampling", tr.sampling, ", ".join(SAMPLING))
+        if tr.temperature <= 0:
+            _bad("train.temperature", tr.temperature, "a number > 0")
+        es = tr.early_stopping
+        if es.patience is not None and es.patience < 1:
+            _bad("train.early_stopping.patience", es.patience, "null or an integer >= 1")
+        if es.metric not in ("mean", "loss"):
+            task, _, metric = es.metric.partition(".")
+            if task not in self.tasks or not metric:
+                _bad("train.early_stopping.metric", es.metric,
+                     "mean, loss, or <task>.<metric> with task one of " + ", ".join(self.tasks))
+            ttype = TASK_TYPES.get(self.tasks[task].type)
+            if metric not in ttype.metric_names and metric != "loss":
+                _bad("train.early_stopping.metric", es.metric,
+                     f"for a {self.tasks[task].type} task: " + ", ".join((*ttype.metric_names, "loss")))
+        method = WEIGHTINGS.get(tr.weighting.method, where="config key 'train.weighting.method'")
+        method.check_options(tr.weighting.options, "train.weighting")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"]["weighting"] = self.train.weighting.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "") -> Config:
+        return _build(cls, data, path)
+
+
+def _bad(key: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise UserError(f"config key '{key}' has bad value {value!r}; allowed: {allowed}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against type hint ``tp`` and convert it (int -> float where a float is wanted)."""
+    origin = typing.get_origin(tp)
+    if hasattr(tp, "from_dict"):
+        return tp.from_dict(value, path)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, path)
+            except UserError:
+                continue
+        raise UserError(f"config key '{path}' has bad value {value!r}; expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            _bad(path, value, ", ".join(str(a) for a in typing.get_args(tp)))
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{path}' must be a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(vt, v, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"unsupported config type {tp!r} at {path}")
+    if not ok:
+        raise UserError(f"config key '{path}' has bad value {value!r}; expected {_type_name(tp)}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    where = f"config key '{path}'" if path else "the config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise UserError(f"unknown config key '{sub}'{hint}; allowed here: {', '.join(fields)}")
+        kwargs[key] = _convert(hints[key], value, sub)
+    return cls(**kwargs)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``key.path=value`` override in place; the value is parsed as YAML (``3``, ``1e-4``, ``null``)."""
+    if "=" not in override:
+        raise UserError(f"--set {override!r}: expected key.path=value, e.g. train.epochs=3")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"--set {override!r}: bad key path {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {override!r}: value is not valid YAML ({e.problem})") from None
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {override!r}: '{'.'.join(parts[:i + 1])}' is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping with model/tasks/train")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                data: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or a dict), apply ``--set`` overrides, check types and combinations.
+
+    Relative data paths in ``tasks.*.{train,validation,test}`` are made absolute: against the current
+    directory when they exist there, else against the YAML file's folder (so a checkpoint's saved config
+    finds its data from anywhere).
+    """
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    for o in overrides:
+        apply_override(raw, o)
+    cfg = Config.from_dict(raw)
+    base = Path(path).resolve().parent if path is not None else None
+    for t in cfg.tasks.values():
+        for split in ("train", "validation", "test"):
+            p = getattr(t, split)
+            if not p or Path(p).is_absolute():
+                continue
+            if Path(p).exists():
+                setattr(t, split, str(Path(p).resolve()))
+            elif base is not None and (base / p).exists():
+                setattr(t, split, str(base / p))
+    return cfg.validate()

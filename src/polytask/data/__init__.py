@@ -1,0 +1,1 @@
+"""Reading data files, turning rows into task features, batching across tasks."""

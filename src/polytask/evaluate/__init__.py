@@ -1,0 +1,1 @@
+"""Evaluation: running a model over a split, per-task metrics, reports."""

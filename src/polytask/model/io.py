@@ -1,0 +1,124 @@
+"""Checkpoint folders: safetensors weights + JSON, written atomically, loaded without pickle.
+
+A checkpoint folder holds:
+
+- ``model.safetensors`` — encoder and heads (one state dict, keys ``encoder.*`` and ``heads.*``)
+- ``config.json`` — the encoder's Hugging Face config (the architecture is rebuilt from it)
+- the tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, ...)
+- ``polytask.json`` — polytask version, the resolved run config, and each task's type and label list
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from polytask.config import Config
+from polytask.errors import UserError
+from polytask.model.encoder import load_encoder, load_tokenizer
+from polytask.model.multitask import MultiTaskModel
+from polytask.tasks import TaskType, build_task
+from polytask.version import __version__
+
+META_FILE = "polytask.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def write_atomically(folder: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling folder, then swap it in: a crash never leaves a half-written ``folder``.
+
+    The old folder is renamed aside before the new one is renamed into place and deleted after; if a crash
+    hits between the two renames, ``recover`` puts the old one back.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def recover(folder: str | Path) -> None:
+    """Undo an interrupted swap of ``write_atomically``: bring back ``.NAME.old`` when ``NAME`` is missing."""
+    folder = Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.exists():
+        os.replace(old, folder)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def fill_model_folder(folder: Path, model: MultiTaskModel, tokenizer, config: Config,
+                      tasks: dict[str, TaskType]) -> None:
+    """Write the loadable part of a checkpoint into an (empty) folder."""
+    save_model(model, str(folder / WEIGHTS_FILE))
+    model.encoder.config.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    write_json(folder / META_FILE, {
+        "polytask_version": __version__,
+        "config": config.to_dict(),
+        "tasks": {name: t.spec() for name, t in tasks.items()},
+    })
+
+
+def save_checkpoint(folder: str | Path, model: MultiTaskModel, tokenizer, config: Config,
+                    tasks: dict[str, TaskType]) -> Path:
+    return write_atomically(folder, lambda tmp: fill_model_folder(tmp, model, tokenizer, config, tasks))
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    recover(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{folder} is not a polytask checkpoint (no {META_FILE}); "
+                        "give a run folder's best/ or last/ checkpoint")
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{meta_path}: unreadable ({e})") from None
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild ``(config, tasks, tokenizer, model)`` from a checkpoint folder (no pickle involved)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    config = Config.from_dict(meta["config"])
+    tasks = {name: build_task(name, config.tasks[name], spec["labels"]) for name, spec in meta["tasks"].items()}
+    tokenizer = load_tokenizer(folder)
+    encoder = load_encoder(folder, from_config_only=True)
+    model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
+    missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False, device=str(device))
+    if missing or unexpected:
+        raise UserError(f"{folder / WEIGHTS_FILE} does not match the model: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}")
+    model.to(device).eval()
+    return config, tasks, tokenizer, model

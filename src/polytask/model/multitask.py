@@ -1,0 +1,77 @@
+"""The multi-task model: one shared encoder, one head per task, one forward for any subset of tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from polytask.tasks import TaskType
+
+
+class MultiTaskModel(nn.Module):
+    """A shared Hugging Face encoder with a dropout + linear head per task.
+
+    Sequence-level heads read a pooled vector (``pooling``: masked mean of the last hidden states, or the
+    first token); token-level heads read every position. ``forward`` runs the encoder once and returns the
+    logits of each requested task: ``{task: [B, C]}`` or ``{task: [B, T, C]}`` for token tasks.
+
+    Inputs: ``input_ids``, ``attention_mask`` and optional ``token_type_ids``, each ``[B, T]``;
+    ``tasks``: names of the heads to run (default: all).
+
+    Example::
+
+        model = MultiTaskModel(encoder, {"intent": intent_task, "slots": slot_task})
+        out = model(input_ids=ids, attention_mask=mask, tasks=["intent", "slots"])
+        out["intent"].shape  # [B, num_intents]
+    """
+
+    def __init__(self, encoder: nn.Module, tasks: dict[str, TaskType], pooling: str = "mean",
+                 dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.levels = {name: t.level for name, t in tasks.items()}
+        hidden = encoder.config.hidden_size
+        self.heads = nn.ModuleDict({
+            name: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, t.num_outputs))
+            for name, t in tasks.items()
+        })
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, H], attention_mask [B, T] -> [B, H]."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, tasks: Iterable[str] | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        kwargs = {"attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = input_ids
+        hidden = self.encoder(**kwargs).last_hidden_state  # [B, T, H]
+        names = list(self.heads) if tasks is None else list(tasks)
+        pooled = None
+        out = {}
+        for name in names:
+            if self.levels[name] == "token":
+                out[name] = self.heads[name](hidden)  # [B, T, C]
+            else:
+                if pooled is None:
+                    pooled = self.pool(hidden, attention_mask)  # [B, H]
+                out[name] = self.heads[name](pooled)  # [B, C]
+        return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable encoder parameters (what gradient-surgery weighting methods act on)."""
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def head_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.heads[task].parameters())

@@ -1,0 +1,111 @@
+"""Inference with a trained checkpoint: one encoder pass answers every task that reads the same input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polytask.data.features import collate, to_device
+from polytask.errors import UserError
+from polytask.evaluate.runner import autocast_context
+from polytask.model.io import load_checkpoint
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """A run folder means its ``best/`` checkpoint; a checkpoint folder means itself."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no such run or checkpoint: {path}")
+    if (path / "polytask.json").exists() or (path / ".polytask.json").exists():
+        return path
+    for name in ("best", "last"):
+        if (path / name / "polytask.json").exists():
+            return path / name
+    raise UserError(f"{path} is neither a polytask checkpoint nor a run folder with best/ or last/")
+
+
+class Predictor:
+    """A loaded multi-task model that predicts every task (or a subset) for a list of texts.
+
+    Inputs are strings or records (dicts). A record supplies each task's text column(s) by name; when a
+    task's column is absent, the record's ``text`` field is used. Tasks whose tokenised input is identical
+    share one encoder forward pass.
+
+    Example::
+
+        import polytask
+        model = polytask.load("runs/atis/best")
+        model.predict(["show me flights from boston to denver"])
+        # -> [{"intent": {"labels": ["atis_flight"], ...}, "slots": {"tags": [...], "spans": [...]}}]
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device | None = None):
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.path = checkpoint_dir(path)
+        self.device = device
+        self.config, self.tasks, self.tokenizer, self.model = load_checkpoint(self.path, device)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def _select(self, tasks: Sequence[str] | None) -> list[str]:
+        if tasks is None:
+            return list(self.tasks)
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown:
+            raise UserError(f"unknown task(s) {', '.join(unknown)}; this model has: {', '.join(self.tasks)}")
+        return list(tasks)
+
+    def predict(self, inputs: Sequence[str | dict[str, Any]], tasks: Sequence[str] | None = None,
+                batch_size: int = 32, where: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One dict per input: task name -> prediction. ``where`` names each input in error messages."""
+        names = self._select(tasks)
+        records = [{"text": x} if isinstance(x, str) else dict(x) for x in inputs]
+        where = list(where) if where is not None else [f"input {i + 1}" for i in range(len(records))]
+        results: list[dict[str, Any]] = [{} for _ in records]
+        for s in range(0, len(records), batch_size):
+            for name, preds in self._predict_batch(records[s:s + batch_size], names, where[s:s + batch_size]).items():
+                for j, p in enumerate(preds):
+                    results[s + j][name] = p
+        return results
+
+    @torch.no_grad()
+    def _predict_batch(self, records: list[dict[str, Any]], names: list[str], where: list[str]) -> dict[str, list]:
+        max_length = self.config.model.max_length
+        batches: dict[str, dict[str, Any]] = {}
+        groups: dict[tuple, list[str]] = {}  # identical tokenised input -> tasks sharing one forward
+        for name in names:
+            task = self.tasks[name]
+            examples = [task.read(self._view(rec, task), w, labelled=False) for rec, w in zip(records, where)]
+            feats = task.encode(examples, self.tokenizer, max_length)
+            batch = collate(feats, task, self.tokenizer.pad_token_id or 0)
+            if task.level == "token":
+                batch["words"] = [ex.text for ex in examples]
+            batches[name] = batch
+            key = tuple(tuple(f["input_ids"]) + tuple(f.get("token_type_ids", ())) for f in feats)
+            groups.setdefault(key, []).append(name)
+        out = {}
+        for group in groups.values():
+            batch = to_device(batches[group[0]], self.device)
+            with autocast_context(self.config.train.precision, self.device):
+                logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                    tasks=group)
+            for name in group:
+                out[name] = self.tasks[name].decode(logits[name], batches[name])
+        return out
+
+    @staticmethod
+    def _view(record: dict[str, Any], task) -> dict[str, Any]:
+        """The record as the task reads it: a missing text column falls back to ``text``."""
+        if task.cfg.text not in record and "text" in record:
+            return {**record, task.cfg.text: record["text"]}
+        return record
+
+
+def load(path: str | Path, device: str | torch.device | None = None) -> Predictor:
+    """Load a checkpoint (or a run folder's ``best/``) for prediction."""
+    return Predictor(path, device)

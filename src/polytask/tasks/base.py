@@ -1,0 +1,143 @@
+"""What every task type shares: the example record, column reading with clear errors, feature padding.
+
+A task type is one class (one file under ``polytask/tasks``) registered in ``TASK_TYPES``. One instance
+exists per configured task; it knows the task's name, its ``TaskConfig`` and its label vocabulary, and it
+answers five questions: how to read a row (``read``), how to tokenise examples into features
+(``encode``), how wide its head is (``num_outputs``), its loss (``loss``), and how to turn logits into
+user-facing predictions and metrics (``decode`` / ``metrics``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from polytask.config import TaskConfig
+from polytask.errors import UserError
+from polytask.registry import Registry
+
+IGNORE_INDEX = -100  # label of sub-tokens and padding that the loss skips (PyTorch's default ignore_index)
+
+
+@dataclass
+class Example:
+    """One row of one task: its text(s), its raw label (None when unlabelled) and where it came from."""
+
+    text: Any  # str, or list[str] of words for token tasks
+    text_pair: str | None
+    label: Any
+    where: str  # "file:line", used in every error about this row
+
+
+class TaskType:
+    """Base of the task types: text-column reading and sentence tokenisation, shared by all four.
+
+    Subclasses set ``level`` ("sequence": one prediction per text, head on the pooled vector;
+    "token": one prediction per word), ``metric_names`` and ``main_metric`` (the one averaged into the
+    ``mean`` validation score), and implement the label-specific methods.
+    """
+
+    type_name = ""
+    level = "sequence"
+    metric_names: tuple[str, ...] = ()
+    main_metric = ""
+
+    def __init__(self, name: str, cfg: TaskConfig, labels: list[str] | None = None):
+        self.name = name
+        self.cfg = cfg
+        self.labels: list[str] = list(labels) if labels is not None else []
+        self.label_to_id = {lab: i for i, lab in enumerate(self.labels)}
+
+    # -- labels -------------------------------------------------------------------------------------------
+    def set_labels(self, labels: list[str]) -> None:
+        self.labels = list(labels)
+        self.label_to_id = {lab: i for i, lab in enumerate(self.labels)}
+
+    def fit_labels(self, examples: list[Example], known: list[str] | None = None) -> None:
+        """Build the label vocabulary from training examples (plus labels a built-in dataset declares)."""
+        seen = set(known or [])
+        for ex in examples:
+            seen.update(self.raw_labels(ex.label))
+        self.set_labels(sorted(seen))
+
+    def raw_labels(self, label: Any) -> list[str]:
+        """The label strings one example carries (for vocabulary building)."""
+        return [label]
+
+    def label_id(self, label: str, where: str) -> int:
+        try:
+            return self.label_to_id[label]
+        except KeyError:
+            shown = ", ".join(self.labels[:20]) + (", ..." if len(self.labels) > 20 else "")
+            raise UserError(f"{where}: unknown label {label!r} for task '{self.name}' "
+                            f"(not in the training data; known: {shown})") from None
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def read(self, record: dict[str, Any], where: str, labelled: bool = True) -> Example:
+        text = self._text(record, self.cfg.text, where)
+        pair = self._text(record, self.cfg.text_pair, where) if self.cfg.text_pair else None
+        label = self.parse_label(self._column(record, self.cfg.label, where), where) if labelled else None
+        return Example(text=text, text_pair=pair, label=label, where=where)
+
+    def _column(self, record: dict[str, Any], column: str, where: str) -> Any:
+        if column not in record:
+            cols = ", ".join(map(str, record)) or "none"
+            raise UserError(f"{where}: missing column '{column}' for task '{self.name}' (columns: {cols})")
+        return record[column]
+
+    def _text(self, record: dict[str, Any], column: str, where: str) -> Any:
+        value = self._column(record, column, where)
+        if not isinstance(value, str):
+            raise UserError(f"{where}: column '{column}' must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise UserError(f"{where}: empty text in column '{column}'")
+        return value
+
+    def parse_label(self, value: Any, where: str) -> Any:
+        raise NotImplementedError
+
+    # -- features -----------------------------------------------------------------------------------------
+    def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        """Tokenise sentence(-pair) examples; each feature holds input ids, token types and its label."""
+        texts = [ex.text for ex in examples]
+        pairs = [ex.text_pair for ex in examples] if self.cfg.text_pair else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        feats = []
+        for i, ex in enumerate(examples):
+            f = {"input_ids": enc["input_ids"][i]}
+            if "token_type_ids" in enc:
+                f["token_type_ids"] = enc["token_type_ids"][i]
+            if ex.label is not None:
+                f["labels"] = self.encode_label(ex.label, ex.where)
+            feats.append(f)
+        return feats
+
+    def encode_label(self, label: Any, where: str) -> Any:
+        raise NotImplementedError
+
+    def collate_labels(self, labels: list[Any], seq_len: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- head, loss, outputs ------------------------------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[Any]:
+        """Predictions for a batch, in the user-facing format (one entry per example)."""
+        raise NotImplementedError
+
+    def metrics(self, predictions: list[Any], golds: list[Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """What a checkpoint stores about this task to rebuild it without data."""
+        return {"type": self.type_name, "labels": self.labels}
+
+
+TASK_TYPES: Registry[type[TaskType]] = Registry("task type")

@@ -1,0 +1,82 @@
+"""Multi-label classification: an independent sigmoid per label, binary cross-entropy loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import classification_report, f1_score
+
+from polytask.errors import UserError
+from polytask.tasks.base import TASK_TYPES, TaskType
+
+
+@TASK_TYPES.register("multilabel_classification")
+class MultiLabelClassification(TaskType):
+    """Any number of labels per text, e.g. ATIS utterances with two intents.
+
+    Column ``label`` holds a list of strings, or one string split on ``label_separator`` (default ``;``).
+    Loss: binary cross-entropy per label (mean over labels and batch). Prediction: every label whose
+    probability exceeds ``threshold``; when none does, the single most probable label (a text always gets
+    at least one label): ``{"labels": [...], "scores": {label: probability}}``.
+    Metrics: ``accuracy`` is exact-set match; micro/macro F1 over labels; per-label report.
+    """
+
+    type_name = "multilabel_classification"
+    metric_names = ("accuracy", "micro_f1", "macro_f1")
+    main_metric = "accuracy"
+
+    def parse_label(self, value: Any, where: str) -> list[str]:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(self.cfg.label_separator)]
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                  for v in value):
+            raise UserError(f"{where}: label column '{self.cfg.label}' of multilabel task '{self.name}' must "
+                            f"be a list of strings or a '{self.cfg.label_separator}'-separated string, "
+                            f"got {value!r}")
+        labels = sorted({str(v) for v in value if str(v).strip()})
+        if not labels:
+            raise UserError(f"{where}: empty label list in column '{self.cfg.label}'")
+        return labels
+
+    def raw_labels(self, label: list[str]) -> list[str]:
+        return label
+
+    def encode_label(self, label: list[str], where: str) -> list[int]:
+        return [self.label_id(lab, where) for lab in label]
+
+    def collate_labels(self, labels: list[list[int]], seq_len: int) -> torch.Tensor:
+        out = torch.zeros(len(labels), len(self.labels))  # [B, C] multi-hot
+        for row, ids in enumerate(labels):
+            out[row, ids] = 1.0
+        return out
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+    def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        probs = logits.float().sigmoid()  # [B, C]
+        out = []
+        for row in probs:
+            chosen = (row > self.cfg.threshold).nonzero().flatten().tolist() or [int(row.argmax())]
+            chosen.sort(key=lambda i: -float(row[i]))
+            out.append({"labels": [self.labels[i] for i in chosen],
+                        "scores": {self.labels[i]: round(float(row[i]), 6) for i in chosen}})
+        return out
+
+    def metrics(self, predictions: list[dict[str, Any]], golds: list[list[str]]) -> dict[str, Any]:
+        pred_sets = [set(p["labels"]) for p in predictions]
+        gold_sets = [set(g) for g in golds]
+        y_true = torch.zeros(len(golds), len(self.labels), dtype=torch.long)
+        y_pred = torch.zeros_like(y_true)
+        for r, (g, p) in enumerate(zip(gold_sets, pred_sets)):
+            y_true[r, [self.label_to_id[x] for x in g]] = 1
+            y_pred[r, [self.label_to_id[x] for x in p]] = 1
+        yt, yp = y_true.numpy(), y_pred.numpy()
+        return {
+            "accuracy": sum(g == p for g, p in zip(gold_sets, pred_sets)) / max(len(golds), 1),
+            "micro_f1": float(f1_score(yt, yp, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(yt, yp, average="macro", zero_division=0)),
+            "report": classification_report(yt, yp, target_names=self.labels, output_dict=True, zero_division=0),
+        }

@@ -1,0 +1,64 @@
+"""Saving and restoring ``best/`` (a model checkpoint) and ``last/`` (model + resumable training state)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_model
+
+from polytask.errors import UserError
+from polytask.model.io import WEIGHTS_FILE, fill_model_folder, recover, write_atomically, write_json
+from polytask.train import state as st
+from polytask.train.early_stopping import EarlyStopping
+
+STATE_DIR = "training_state"
+
+
+@dataclass
+class TrainerState:
+    """Counters of the run. ``micro_in_epoch`` counts micro-batches of the current epoch already done."""
+
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    global_step: int = 0
+    finished: bool = False
+    early_stopping: dict[str, Any] = field(default_factory=dict)
+    weighting: dict[str, Any] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+def save_last(folder: Path, run, model, trainer_state: TrainerState, early: EarlyStopping,
+              rng_per_rank: list[dict[str, Any]]) -> None:
+    """Write ``last/`` atomically: a loadable checkpoint plus everything needed to resume."""
+    trainer_state.early_stopping = early.state_dict()
+    trainer_state.weighting = run.weighting.state_dict()
+
+    def fill(tmp: Path) -> None:
+        fill_model_folder(tmp, model, run.tokenizer, run.config, run.tasks)
+        sd = tmp / STATE_DIR
+        sd.mkdir()
+        st.optimizer_to_files(run.optimizer, sd)
+        (sd / "scheduler.json").write_text(json.dumps(run.scheduler.state_dict()))
+        st.save_rng(sd, rng_per_rank)
+        write_json(sd / "trainer_state.json", asdict(trainer_state))
+
+    write_atomically(folder, fill)
+
+
+def load_last(folder: Path, run, early: EarlyStopping, rank: int) -> TrainerState:
+    """Restore model weights, optimizer, scheduler, weighting and RNG from ``last/``; return the counters."""
+    recover(folder)
+    sd = folder / STATE_DIR
+    if not (sd / "trainer_state.json").is_file():
+        raise UserError(f"cannot resume: {folder} holds no training state (was the run started?)")
+    load_model(run.model, str(folder / WEIGHTS_FILE))
+    st.optimizer_from_files(run.optimizer, sd)
+    run.scheduler.load_state_dict(json.loads((sd / "scheduler.json").read_text()))
+    trainer_state = TrainerState(**json.loads((sd / "trainer_state.json").read_text()))
+    early.load_state_dict(trainer_state.early_stopping)
+    run.weighting.load_state_dict(trainer_state.weighting)
+    st.set_rng_states(st.load_rng(sd, rank))
+    return trainer_state

@@ -1,0 +1,194 @@
+"""The training loop — one loop for every feature.
+
+Follow one batch: ``build_run`` (train/setup.py) has read and tokenised every task; the batch plan
+(data/sampling.py) says which task and which examples come next; ``collate`` pads them to the batch's
+longest input; the model runs the encoder and that task's head; the task type computes its loss; the
+weighting method turns the step's losses into ``backward()``; after ``grad_accum`` micro-batches the
+optimizer steps. Validation runs each epoch (and every ``eval_steps``), keeps ``best/`` and early-stops;
+``last/`` holds everything needed for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from tqdm.auto import tqdm
+
+from polytask.config import Config
+from polytask.data.features import collate, to_device
+from polytask.errors import UserError
+from polytask.evaluate.runner import evaluate_split, flat_metrics
+from polytask.model.io import save_checkpoint, write_json
+from polytask.train.checkpoint import TrainerState, load_last, save_last
+from polytask.train.early_stopping import EarlyStopping
+from polytask.train.logging import RunLogger
+from polytask.train.setup import Run, build_run
+from polytask.train.state import rng_states
+from polytask.weighting import StepContext
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    best_dir: Path
+    global_step: int
+    best_score: float | None
+    validation: dict[str, float]  # flat validation metrics of the last evaluation
+    stopped_early: bool
+
+
+def train(config: Config, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train ``config`` into ``config.train.output_dir``; ``resume`` continues from its ``last/``."""
+    tc = config.train
+    out = Path(tc.output_dir)
+    check_output_dir(out, resume, overwrite)
+    accelerator = Accelerator(
+        mixed_precision="bf16" if tc.precision == "bf16" else "no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # one head per batch
+    )
+    main = accelerator.is_main_process
+    set_seed(tc.seed)
+    run = build_run(config, accelerator.num_processes, accelerator.process_index)
+    early = EarlyStopping.from_config(tc.early_stopping)
+    state = load_last(out / "last", run, early, accelerator.process_index) if resume else TrainerState()
+    if main and not resume:
+        start_output_dir(out, overwrite, config)
+    accelerator.wait_for_everyone()
+    model, optimizer = accelerator.prepare(run.model, run.optimizer)
+    logger = RunLogger(out, tc.tensorboard, enabled=main, resume_step=state.global_step if resume else None)
+    bar = tqdm(total=run.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
+               disable=not (main and tc.progress))
+    running: dict[str, list[float]] = defaultdict(list)  # task -> losses since the last log line
+    stop = state.finished
+
+    for epoch in range(state.epoch, run.epochs):
+        if stop:
+            break
+        batches = run.plan.epoch(epoch)  # [(task, example indices)], the same on every process
+        i = state.micro_in_epoch
+        while i < len(batches) and not stop:
+            window = batches[i:i + tc.grad_accum]  # micro-batches of one optimizer step
+            for task, loss in train_step(accelerator, model, run, window, state.global_step).items():
+                running[task].append(loss)
+            if tc.grad_clip is not None:
+                accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            run.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            i += len(window)
+            state.global_step += 1
+            state.micro_in_epoch = i
+            if i == len(batches):  # epoch finished: the next micro-batch is the next epoch's first
+                state.epoch, state.micro_in_epoch = epoch + 1, 0
+            bar.update(1)
+            step, done = state.global_step, state.global_step >= run.total_steps
+            if step % tc.logging_steps == 0 or done:
+                log_train(logger, bar, run, running, step, epoch + i / len(batches))
+            if (tc.eval_steps and step % tc.eval_steps == 0) or i == len(batches) or done:
+                stop = validate_and_save(accelerator, model, run, state, early, logger, bar) or done
+            elif tc.save_steps and step % tc.save_steps == 0:
+                save_training_state(accelerator, model, run, state, early)
+
+    state.finished = True
+    save_training_state(accelerator, model, run, state, early)
+    bar.close()
+    logger.close()
+    if main and not (out / "best").exists():  # no validation split anywhere: the last model is the best
+        save_checkpoint(out / "best", accelerator.unwrap_model(model), run.tokenizer, config, run.tasks)
+    accelerator.wait_for_everyone()
+    return TrainResult(out, out / "best", state.global_step, early.best, state.last_eval,
+                       stopped_early=early.should_stop)
+
+
+def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str, list[int]]],
+               step: int) -> dict[str, float]:
+    """Forward and backward over the micro-batches of one optimizer step; returns each task's loss."""
+    shared = accelerator.unwrap_model(model).shared_parameters
+    seen: dict[str, float] = {}
+    for k, (task, idx) in enumerate(window):
+        features = run.data[task].features["train"]
+        batch = to_device(collate([features[j] for j in idx], run.tasks[task], run.pad_id), accelerator.device)
+        last = k == len(window) - 1
+        # Only the last micro-batch of the window all-reduces gradients across processes.
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        with sync:
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[task])
+            losses = {task: run.tasks[task].loss(logits[task], batch["labels"])}
+
+            def backward(loss: torch.Tensor, **kwargs: Any) -> None:
+                accelerator.backward(loss / len(window), **kwargs)  # mean over the window's micro-batches
+
+            run.weighting.backward(losses, StepContext(backward=backward, shared_parameters=shared, step=step))
+        seen[task] = float(losses[task].detach())
+    return seen
+
+
+def validate_and_save(accelerator: Accelerator, model, run: Run, state: TrainerState, early: EarlyStopping,
+                      logger: RunLogger, bar) -> bool:
+    """Validate, update early stopping, keep ``best/``, write ``last/``. Returns True to stop training."""
+    tc = run.config.train
+    unwrapped = accelerator.unwrap_model(model)
+    results = evaluate_split(unwrapped, run.data, "validation", tc.eval_batch_size, run.pad_id,
+                             accelerator.device, tc.precision, gather=gather_object,
+                             rank=accelerator.process_index, world=accelerator.num_processes)
+    flat = flat_metrics(results)
+    state.last_eval = flat
+    metric = tc.early_stopping.metric
+    improved = early.update(flat.get(metric, float("nan")), state.global_step) if flat else True
+    logger.log("eval", state.global_step, {**flat, "best": early.best}, epoch=state.epoch)
+    if accelerator.is_main_process:
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in flat.items() if k.endswith(("accuracy", ".f1", "pearson"))
+                          or k in ("mean", "loss"))
+        bar.write(f"step {state.global_step} validation: {shown}" + ("  (best)" if improved else ""))
+        if improved:
+            save_checkpoint(Path(tc.output_dir) / "best", unwrapped, run.tokenizer, run.config, run.tasks)
+    save_training_state(accelerator, model, run, state, early)
+    return early.should_stop
+
+
+def save_training_state(accelerator: Accelerator, model, run: Run, state: TrainerState,
+                        early: EarlyStopping) -> None:
+    rngs = gather_object([rng_states()]) if accelerator.num_processes > 1 else [rng_states()]
+    if accelerator.is_main_process:
+        save_last(Path(run.config.train.output_dir) / "last", run, accelerator.unwrap_model(model), state, early,
+                  rngs)
+    accelerator.wait_for_everyone()
+
+
+def log_train(logger: RunLogger, bar, run: Run, running: dict[str, list[float]], step: int,
+              epoch: float) -> None:
+    losses = {f"loss/{t}": sum(v) / len(v) for t, v in running.items() if v}
+    weights = {f"weight/{t}": w for t, w in run.weighting.weights().items()}
+    logger.log("train", step, {**losses, **weights, "lr": run.scheduler.get_last_lr()[0]}, epoch=epoch)
+    bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in losses.items()})
+    running.clear()
+
+
+def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: a folder holding a run needs --resume (continue) or --overwrite (start over)."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    has_run = (out / "last").exists() or (out / "best").exists() or (out / "metrics.jsonl").exists()
+    if resume and not (out / "last").exists() and not (out / ".last.old").exists():
+        raise UserError(f"cannot resume: {out} holds no run (no last/ checkpoint)")
+    if has_run and not resume and not overwrite:
+        raise UserError(f"{out} already holds a run; add --resume to continue it or --overwrite to start over "
+                        "(or set train.output_dir)")
+
+
+def start_output_dir(out: Path, overwrite: bool, config: Config) -> None:
+    """Called only once every input has been read and checked: clear an old run (with --overwrite)."""
+    if overwrite:
+        for name in ("best", "last", "tensorboard", "metrics.jsonl", "config.json"):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())

@@ -1,0 +1,68 @@
+"""The loss-weighting axis: how the per-task losses of a step become one update.
+
+A weighting method is a small class registered in ``WEIGHTINGS``. The training loop calls exactly one
+method of it per micro-batch, ``backward(losses, ctx)``, and never asks for its name. A method that only
+re-weights losses computes ``sum_i w_i * L_i`` and calls ``ctx.backward`` once; a method that needs
+per-task gradients (gradient surgery) may call ``ctx.backward`` per task with ``retain_graph`` and read
+``ctx.shared_parameters()``. Methods never store the model: what they need arrives in ``ctx``.
+State that must survive a resume goes through ``state_dict`` / ``load_state_dict`` (JSON-able values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from polytask.errors import UserError
+from polytask.registry import Registry
+
+
+@dataclass
+class StepContext:
+    """What a weighting method may use during one micro-batch.
+
+    ``backward(loss, retain_graph=False)`` backpropagates (scaled for gradient accumulation, synchronised
+    across processes); ``shared_parameters()`` lists the trainable encoder parameters; ``step`` is the
+    optimizer step about to be taken.
+    """
+
+    backward: Callable[..., None]
+    shared_parameters: Callable[[], list[torch.nn.Parameter]]
+    step: int
+
+
+class Weighting:
+    """Base class: holds the static task weights from ``tasks.<name>.weight`` and rejects unknown options."""
+
+    options: dict[str, Any] = {}  # option name -> default
+
+    def __init__(self, task_weights: dict[str, float], options: dict[str, Any] | None = None):
+        self.task_weights = dict(task_weights)
+        self.opts = {**self.options, **(options or {})}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], path: str) -> None:
+        for key in options:
+            if key not in cls.options:
+                allowed = ", ".join(cls.options) or "none"
+                raise UserError(f"unknown config key '{path}.{key}' for this weighting method; "
+                                f"its options: {allowed}")
+
+    def backward(self, losses: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weights(self) -> dict[str, float]:
+        """Current weight per task, for logging."""
+        return dict(self.task_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting method")
