@@ -74,6 +74,8 @@ def cmd_train(args) -> int:
 
     config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume, overwrite=args.overwrite)
+    if not result.is_main_process:
+        return 0
     print(f"trained {result.global_step} steps; best checkpoint: {result.best_dir}")
     if result.validation:
         print("last validation: " + "  ".join(f"{k}={v:.4f}" for k, v in result.validation.items()
@@ -106,13 +108,13 @@ def cmd_evaluate(args) -> int:
 def read_inputs(path: Path) -> tuple[list[dict], list[str]]:
     from polytask.data.readers import _decode, read_rows
 
+    if not path.is_file():
+        raise UserError(f"input file not found: {path}")
     if path.suffix.lower() == ".txt":
-        if not path.is_file():
-            raise UserError(f"input file not found: {path}")
         lines = _decode(path, path.read_bytes()).splitlines()
         pairs = [(f"{path}:{i}", {"text": line}) for i, line in enumerate(lines, 1) if line.strip()]
     else:
-        pairs = read_rows(path, key="--input")
+        pairs = read_rows(path)
     if not pairs:
         raise UserError(f"{path}: no inputs")
     return [r for _, r in pairs], [w for w, _ in pairs]

@@ -31,6 +31,7 @@ import yaml
 from polytask.errors import UserError
 
 SAMPLING = ("proportional", "temperature", "round_robin", "uniform")
+SCI_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 FREEZE_RE = re.compile(r"^(none|embeddings|encoder|bottom:(\d+))$")
 
 
@@ -267,6 +268,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return {str(k): _convert(vt, v, f"{path}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
+    if tp is float and isinstance(value, str) and SCI_FLOAT_RE.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string; users mean the number
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -27,10 +27,12 @@ def load_encoder(folder: str | Path, from_config_only: bool = False) -> nn.Modul
             return AutoModel.from_config(config)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "unused weights" notice for pooler-less folders is noise here
+        hf_logging.disable_progress_bar()  # a bar for a 1-second load clutters the training output
         try:
             return AutoModel.from_pretrained(str(folder), config=config, local_files_only=True)
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load an encoder from {folder}: {str(e).splitlines()[0]}") from None
 

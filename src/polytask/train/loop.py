@@ -43,6 +43,8 @@ class TrainResult:
     best_score: float | None
     validation: dict[str, float]  # flat validation metrics of the last evaluation
     stopped_early: bool
+    model: Any = None  # the trained model as it is at the end (best/ may hold an earlier one)
+    is_main_process: bool = True  # False in the other processes of a multi-process run
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -51,6 +53,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     out = Path(tc.output_dir)
     check_output_dir(out, resume, overwrite)
     accelerator = Accelerator(
+        # cpu=True on machines without an accelerator makes `accelerate launch` start gloo (MULTI_CPU) DDP.
+        cpu=not has_accelerator(),
         mixed_precision="bf16" if tc.precision == "bf16" else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # one head per batch
     )
@@ -105,7 +109,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         save_checkpoint(out / "best", accelerator.unwrap_model(model), run.tokenizer, config, run.tasks)
     accelerator.wait_for_everyone()
     return TrainResult(out, out / "best", state.global_step, early.best, state.last_eval,
-                       stopped_early=early.should_stop)
+                       stopped_early=early.should_stop, model=accelerator.unwrap_model(model),
+                       is_main_process=main)
 
 
 def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str, list[int]]],
@@ -170,6 +175,13 @@ def log_train(logger: RunLogger, bar, run: Run, running: dict[str, list[float]],
     logger.log("train", step, {**losses, **weights, "lr": run.scheduler.get_last_lr()[0]}, epoch=epoch)
     bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in losses.items()})
     running.clear()
+
+
+def has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or bool(mps and mps.is_available())
+            or bool(xpu and xpu.is_available()))
 
 
 def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:

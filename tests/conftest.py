@@ -1,0 +1,106 @@
+"""Shared test fixtures: a tiny random BERT encoder (built once per session) and small toy datasets.
+
+The tiny encoder uses the real MiniLM tokenizer (from its package) with random weights: 2 layers,
+hidden 32 — fast enough that a whole train/evaluate/predict cycle takes seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from polytask.catalog.encoders import resolve_encoder
+from polytask.config import load_config
+
+CITIES = ["boston", "denver", "dallas", "atlanta", "seattle", "chicago", "miami", "phoenix"]
+FILLER = ["show", "me", "flights", "please", "the", "a", "from", "to", "on", "monday", "cheap", "now"]
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(str(folder))
+    src = resolve_encoder("minilm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, folder / name)
+    return folder
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def toy_rows(kind: str, n: int, seed: int) -> list[dict]:
+    """Learnable toy data: the label is a simple function of the words."""
+    rng = random.Random(f"{kind}-{seed}")
+    rows = []
+    for _ in range(n):
+        words = rng.sample(FILLER, 4)
+        city = rng.choice(CITIES)
+        pos = rng.randrange(len(words) + 1)
+        words.insert(pos, city)
+        mood = rng.choice(["good", "bad"])
+        words.append(mood)
+        text = " ".join(words)
+        if kind == "classification":
+            rows.append({"text": text, "label": "pos" if mood == "good" else "neg"})
+        elif kind == "multilabel":
+            labels = ["city_" + ("east" if city in CITIES[:4] else "west")] + (["mood"] if mood == "good" else [])
+            rows.append({"text": text, "labels": labels})
+        elif kind == "token":
+            tags = ["O"] * len(words)
+            tags[pos] = "B-city"
+            rows.append({"words": words, "tags": tags})
+        elif kind == "regression":
+            rows.append({"text": text, "text2": city, "score": float(CITIES.index(city)) / 7.0})
+    return rows
+
+
+TASK_SPECS = {
+    "classification": {"type": "classification", "text": "text", "label": "label"},
+    "multilabel": {"type": "multilabel_classification", "text": "text", "label": "labels"},
+    "token": {"type": "token_classification", "text": "words", "label": "tags"},
+    "regression": {"type": "regression", "text": "text", "text_pair": "text2", "label": "score"},
+}
+
+
+@pytest.fixture
+def toy_config(tmp_path, tiny_encoder):
+    """Build a config dict for toy tasks: ``toy_config(["classification", "token"], train={...})``."""
+
+    def make(kinds=("classification", "token"), n_train=48, n_eval=16, train=None, model=None) -> dict:
+        tasks = {}
+        for kind in kinds:
+            files = {}
+            for split, n, seed in (("train", n_train, 0), ("validation", n_eval, 1), ("test", n_eval, 2)):
+                files[split] = str(write_jsonl(tmp_path / "data" / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
+            tasks[kind] = {**TASK_SPECS[kind], **files}
+        return {
+            "model": {"encoder": str(tiny_encoder), "max_length": 32, **(model or {})},
+            "tasks": tasks,
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 8, "lr": 1e-3,
+                      "tensorboard": False, "progress": False, "logging_steps": 2, **(train or {})},
+        }
+
+    return make
+
+
+@pytest.fixture
+def build_config():
+    def build(data: dict, overrides=()):
+        return load_config(data=data, overrides=list(overrides))
+
+    return build

@@ -1,0 +1,127 @@
+"""Batch plans, span extraction, readers, collation, freezing and the ATIS catalog."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from polytask.config import TrainConfig
+from polytask.data.readers import read_rows
+from polytask.data.sampling import MultiTaskBatchPlan
+from polytask.tasks.spans import extract_spans, span_scores
+
+LENGTHS = {"big": [5 + i % 30 for i in range(100)], "small": [7] * 20}
+
+
+def plan(**kw):
+    return MultiTaskBatchPlan(LENGTHS, TrainConfig(batch_size=8, **kw))
+
+
+def test_proportional_epoch_sees_every_example_once():
+    p = plan(sampling="proportional")
+    batches = p.epoch(0)
+    assert len(batches) == len(p) == 13 + 3
+    for task, n in (("big", 100), ("small", 20)):
+        seen = [i for t, b in batches if t == task for i in b]
+        assert sorted(seen) == list(range(n))
+    assert p.epoch(0) == batches and p.epoch(1) != batches  # deterministic per epoch, new order next epoch
+
+
+@pytest.mark.parametrize("mode", ["temperature", "uniform", "round_robin"])
+def test_drawn_modes_keep_epoch_length_and_balance(mode):
+    p = plan(sampling=mode, temperature=5.0)
+    batches = p.epoch(0)
+    assert len(batches) == len(p)
+    counts = Counter(t for t, _ in batches)
+    assert counts["small"] > 3  # small task drawn more often than its 3 proportional batches
+    if mode == "round_robin":
+        assert [t for t, _ in batches[:4]] == ["big", "small", "big", "small"]
+    small = [i for t, b in batches if t == "small" for i in b]
+    # a task's stream is fresh shuffles: no repeat before every example has been seen
+    assert sorted(small[:20]) == list(range(20))
+
+
+def test_temperature_probabilities():
+    probs = plan(sampling="temperature", temperature=2.0).probabilities()
+    assert probs["big"] / probs["small"] == pytest.approx((100 / 20) ** 0.5)
+    assert plan(sampling="uniform").probabilities() == {"big": 0.5, "small": 0.5}
+
+
+def test_shards_of_two_processes_are_disjoint_and_same_task():
+    cfg = TrainConfig(batch_size=4)
+    r0 = MultiTaskBatchPlan(LENGTHS, cfg, world_size=2, rank=0).epoch(0)
+    r1 = MultiTaskBatchPlan(LENGTHS, cfg, world_size=2, rank=1).epoch(0)
+    assert [t for t, _ in r0] == [t for t, _ in r1]
+    for (_, a), (_, b) in zip(r0, r1):
+        assert len(a) == len(b) and not set(a) & set(b)
+    full = [(t, sorted(a + b)) for (t, a), (_, b) in zip(r0, r1)]
+    seen_big = {i for t, b in full if t == "big" for i in b}
+    assert seen_big == set(range(100))
+
+
+def test_group_by_length_reduces_padding():
+    def padding(p):
+        lens = LENGTHS["big"]
+        return sum(max(lens[i] for i in b) * len(b) - sum(lens[i] for i in b) for t, b in p.epoch(0) if t == "big")
+
+    assert padding(plan(group_by_length=True)) < padding(plan(group_by_length=False))
+
+
+@pytest.mark.parametrize("tags, spans", [
+    (["B-city", "I-city", "O", "B-date"], [("city", 0, 2), ("date", 3, 4)]),
+    (["I-city", "I-city", "B-city"], [("city", 0, 2), ("city", 2, 3)]),  # lenient start, then new span
+    (["B-PER", "M-PER", "E-PER", "S-LOC", "O"], [("PER", 0, 3), ("LOC", 3, 4)]),  # BMES
+    (["B-PER", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 2)]),  # type change splits
+    (["O", "O"], []),
+])
+def test_extract_spans(tags, spans):
+    assert extract_spans(tags) == spans
+
+
+def test_span_scores():
+    s = span_scores([["B-a", "I-a", "O", "B-b"]], [["B-a", "I-a", "O", "O"]])
+    assert s["precision"] == 1.0 and s["recall"] == 0.5 and s["f1"] == pytest.approx(2 / 3)
+    assert s["per_type"]["b"]["recall"] == 0.0
+
+
+def test_readers_agree_across_formats(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d.jsonl").write_text('{"text": "hi there", "label": "a"}\n\n{"text": "yo", "label": "b"}\n')
+    (tmp_path / "d.csv").write_text('text,label\n"hi there",a\nyo,b\n')
+    (tmp_path / "d.tsv").write_text("text\tlabel\nhi there\ta\nyo\tb\n")
+    pq.write_table(pa.table({"text": ["hi there", "yo"], "label": ["a", "b"]}), tmp_path / "d.parquet")
+    rows = {ext: read_rows(tmp_path / f"d.{ext}") for ext in ("jsonl", "csv", "tsv", "parquet")}
+    for ext, r in rows.items():
+        assert [rec for _, rec in r] == [{"text": "hi there", "label": "a"}, {"text": "yo", "label": "b"}], ext
+    assert rows["jsonl"][1][0].endswith("d.jsonl:3")  # blank line skipped, line numbers kept
+    assert rows["csv"][1][0].endswith("d.csv:3")
+
+
+def test_freeze_bottom_layers(tiny_encoder):
+    from polytask.model.encoder import apply_freeze, load_encoder
+
+    enc = load_encoder(tiny_encoder)
+    apply_freeze(enc, "bottom:1")
+    assert not any(p.requires_grad for p in enc.embeddings.parameters())
+    assert not any(p.requires_grad for p in enc.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in enc.encoder.layer[1].parameters())
+    enc2 = load_encoder(tiny_encoder)
+    apply_freeze(enc2, "encoder")
+    assert not any(p.requires_grad for p in enc2.parameters())
+
+
+def test_atis_splits_are_clean():
+    from polytask.catalog.datasets import DATASETS
+
+    splits = DATASETS.get("atis").splits()
+    assert {k: len(v) for k, v in splits.items()} == {"train": 4123, "validation": 500, "test": 893}
+    texts = {k: {r["text"] for _, r in v} for k, v in splits.items()}
+    assert not texts["test"] & (texts["train"] | texts["validation"])
+    assert not texts["train"] & texts["validation"]
+    for _, rec in splits["train"][:200]:
+        assert len(rec["words"]) == len(rec["slots"]) and rec["intents"]
+    multi = sum(len(r["intents"]) > 1 for _, r in splits["test"])
+    assert multi == 15  # utterances with two intents in the test file
