@@ -135,3 +135,13 @@ def test_grad_accum_matches_larger_batch(toy_config, build_config):
     assert len(one) == len(two) > 0
     for g1, g2 in zip(one, two):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_with_grad_accum_trains_and_reloads(toy_config, build_config):
+    data = toy_config(["classification", "token"], n_train=16, n_eval=8,
+                      train={"epochs": 1, "precision": "bf16", "grad_accum": 2})
+    result = polytask.train(build_config(data))
+    assert result.global_step == 2  # 4 micro-batches / 2 accumulated
+    model = polytask.load(result.best_dir)
+    preds = model.predict(["show me boston good"])
+    assert set(preds[0]) == {"classification", "token"}

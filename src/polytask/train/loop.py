@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -52,6 +53,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     tc = config.train
     out = Path(tc.output_dir)
     check_output_dir(out, resume, overwrite)
+    if not torch.distributed.is_initialized():
+        # Accelerate keeps one global state per process; a second train() in the same Python process
+        # (notebooks, tests, hyperparameter search) may ask for another precision.
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
         # cpu=True on machines without an accelerator makes `accelerate launch` start gloo (MULTI_CPU) DDP.
         cpu=not has_accelerator(),
