@@ -407,3 +407,13 @@ def test_resume_without_a_run(toy_config, tmp_path, capsys):
     cfg = small_config(toy_config)
     msg = expect_train_error(capsys, tmp_path, cfg, "--resume")
     assert "cannot resume" in msg and cfg["train"]["output_dir"] in msg
+
+
+def test_resume_with_changed_tasks_is_refused(toy_config, tmp_path, capsys):
+    cfg = small_config(toy_config)
+    run = train_ok(capsys, tmp_path, cfg)
+    before = snapshot(run)
+    cfg["tasks"]["classification"]["weight"] = 3.0
+    msg = expect_error(capsys, ["train", write_config(tmp_path, cfg, "changed.yaml"), "--resume"])
+    assert "cannot resume" in msg and "tasks.classification" in msg
+    assert snapshot(run) == before

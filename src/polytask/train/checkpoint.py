@@ -10,7 +10,7 @@ from typing import Any
 from safetensors.torch import load_model
 
 from polytask.errors import UserError
-from polytask.model.io import WEIGHTS_FILE, fill_model_folder, recover, write_atomically, write_json
+from polytask.model.io import WEIGHTS_FILE, fill_model_folder, read_meta, recover, write_atomically, write_json
 from polytask.train import state as st
 from polytask.train.early_stopping import EarlyStopping
 
@@ -28,6 +28,16 @@ class TrainerState:
     early_stopping: dict[str, Any] = field(default_factory=dict)
     weighting: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
+    """Resuming needs the same encoder and tasks; training settings (e.g. more epochs) may change."""
+    for section in ("model", "tasks"):
+        if saved.get(section) != current.get(section):
+            keys = sorted(set(saved.get(section, {})) | set(current.get(section, {})))
+            diff = [k for k in keys if saved.get(section, {}).get(k) != current.get(section, {}).get(k)]
+            raise UserError(f"cannot resume: config section '{section}' differs from the run in {folder} "
+                            f"(at {', '.join(f'{section}.{k}' for k in diff)}); use the run's config or --overwrite")
 
 
 def save_last(folder: Path, run, model, trainer_state: TrainerState, early: EarlyStopping,
@@ -48,12 +58,17 @@ def save_last(folder: Path, run, model, trainer_state: TrainerState, early: Earl
     write_atomically(folder, fill)
 
 
-def load_last(folder: Path, run, early: EarlyStopping, rank: int) -> TrainerState:
+def load_last(folder: Path, run, early: EarlyStopping, rank: int, world_size: int) -> TrainerState:
     """Restore model weights, optimizer, scheduler, weighting and RNG from ``last/``; return the counters."""
     recover(folder)
     sd = folder / STATE_DIR
     if not (sd / "trainer_state.json").is_file():
         raise UserError(f"cannot resume: {folder} holds no training state (was the run started?)")
+    check_same_run(read_meta(folder)["config"], run.config.to_dict(), folder)
+    saved_world = len(json.loads((sd / "rng.json").read_text()))
+    if saved_world != world_size:
+        raise UserError(f"cannot resume: {folder} was saved by {saved_world} process(es) but this run has "
+                        f"{world_size}; the batch plan depends on it, so resume with {saved_world}")
     load_model(run.model, str(folder / WEIGHTS_FILE))
     st.optimizer_from_files(run.optimizer, sd)
     run.scheduler.load_state_dict(json.loads((sd / "scheduler.json").read_text()))

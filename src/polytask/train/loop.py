@@ -67,7 +67,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     set_seed(tc.seed)
     run = build_run(config, accelerator.num_processes, accelerator.process_index)
     early = EarlyStopping.from_config(tc.early_stopping)
-    state = load_last(out / "last", run, early, accelerator.process_index) if resume else TrainerState()
+    state = TrainerState()
+    if resume:
+        state = load_last(out / "last", run, early, accelerator.process_index, accelerator.num_processes)
     if main and not resume:
         start_output_dir(out, overwrite, config)
     accelerator.wait_for_everyone()
@@ -204,7 +206,7 @@ def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
 def start_output_dir(out: Path, overwrite: bool, config: Config) -> None:
     """Called only once every input has been read and checked: clear an old run (with --overwrite)."""
     if overwrite:
-        for name in ("best", "last", "tensorboard", "metrics.jsonl", "config.json"):
+        for name in ("best", "last", "tensorboard", "metrics.jsonl", "config.json", "report.json", "report.md"):
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)

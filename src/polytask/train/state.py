@@ -19,8 +19,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from polytask.errors import UserError
-
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     sd = optimizer.state_dict()
@@ -78,8 +76,6 @@ def save_rng(folder: Path, per_rank: list[dict[str, Any]]) -> None:
 
 def load_rng(folder: Path, rank: int) -> dict[str, Any]:
     python = json.loads((folder / "rng.json").read_text())
-    if rank >= len(python):
-        raise UserError(f"{folder}: saved by {len(python)} process(es); resume with the same number of processes")
     prefix = f"rank{rank}."
     tensors = {k[len(prefix):]: v for k, v in load_file(str(folder / "rng.safetensors")).items()
                if k.startswith(prefix)}
