@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     model, optimizer = accelerator.prepare(run.model, run.optimizer)
     logger = RunLogger(out, tc.tensorboard, enabled=main, resume_step=state.global_step if resume else None)
     bar = tqdm(total=run.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
-               disable=not (main and tc.progress))
+               disable=not (main and tc.progress),
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s, not 10/s
     running: dict[str, list[float]] = defaultdict(list)  # task -> losses since the last log line
     stop = state.finished
 
