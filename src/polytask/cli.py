@@ -106,12 +106,12 @@ def cmd_evaluate(args) -> int:
 
 
 def read_inputs(path: Path) -> tuple[list[dict], list[str]]:
-    from polytask.data.readers import _decode, read_rows
+    from polytask.data.readers import decode_utf8, read_rows
 
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
     if path.suffix.lower() == ".txt":
-        lines = _decode(path, path.read_bytes()).splitlines()
+        lines = decode_utf8(path, path.read_bytes()).splitlines()
         pairs = [(f"{path}:{i}", {"text": line}) for i, line in enumerate(lines, 1) if line.strip()]
     else:
         pairs = read_rows(path)

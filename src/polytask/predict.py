@@ -19,7 +19,7 @@ def checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such run or checkpoint: {path}")
-    if (path / "polytask.json").exists() or (path / ".polytask.json").exists():
+    if (path / "polytask.json").exists():
         return path
     for name in ("best", "last"):
         if (path / name / "polytask.json").exists():

@@ -35,7 +35,7 @@ def read_rows(path: str | Path, key: str = "") -> Rows:
     raise UserError(f"{path}: unsupported data format {suffix!r}; allowed: {', '.join(FORMATS)}")
 
 
-def _decode(path: Path, data: bytes, line_no: int | None = None) -> str:
+def decode_utf8(path: Path, data: bytes, line_no: int | None = None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -51,7 +51,7 @@ def _read_jsonl(path: Path) -> Rows:
     rows: Rows = []
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            text = _decode(path, raw, line_no).strip()
+            text = decode_utf8(path, raw, line_no).strip()
             if not text:
                 continue
             try:
@@ -65,7 +65,7 @@ def _read_jsonl(path: Path) -> Rows:
 
 
 def _read_delimited(path: Path, delimiter: str) -> Rows:
-    text = _decode(path, path.read_bytes())
+    text = decode_utf8(path, path.read_bytes())
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows: Rows = []
     try:
