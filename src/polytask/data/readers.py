@@ -21,10 +21,7 @@ FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 def read_rows(path: str | Path, key: str = "") -> Rows:
     """All rows of a data file. ``key`` (e.g. ``tasks.intent.train``) is named when the file is missing."""
-    path = Path(path)
-    if not path.is_file():
-        named = f" (config key '{key}')" if key else ""
-        raise UserError(f"data file not found: {path}{named}")
+    path = require_file(path, key)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path)
@@ -33,6 +30,15 @@ def read_rows(path: str | Path, key: str = "") -> Rows:
     if suffix == ".parquet":
         return _read_parquet(path)
     raise UserError(f"{path}: unsupported data format {suffix!r}; allowed: {', '.join(FORMATS)}")
+
+
+def require_file(path: str | Path, key: str = "") -> Path:
+    """``path`` as a Path; a UserError naming it (and its config key) when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        named = f" (config key '{key}')" if key else ""
+        raise UserError(f"data file not found: {path}{named}")
+    return path
 
 
 def decode_utf8(path: Path, data: bytes, line_no: int | None = None) -> str:

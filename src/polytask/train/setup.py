@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,8 +14,8 @@ import torch
 from polytask.catalog.encoders import resolve_encoder
 from polytask.config import Config
 from polytask.data.features import TaskData, prepare_task_data
+from polytask.data.readers import require_file
 from polytask.data.sampling import MultiTaskBatchPlan
-from polytask.errors import UserError
 from polytask.model.encoder import apply_freeze, load_encoder, load_tokenizer
 from polytask.model.multitask import MultiTaskModel
 from polytask.tasks import TaskType, build_task
@@ -53,8 +52,8 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     tasks = {name: build_task(name, t) for name, t in config.tasks.items()}
     data = prepare_task_data(tasks, tokenizer, config.model.max_length, splits=("train", "validation"))
     for name, t in config.tasks.items():  # test data is read by `evaluate`; a wrong path should fail now
-        if t.test and not Path(t.test).is_file():
-            raise UserError(f"data file not found: {t.test} (config key 'tasks.{name}.test')")
+        if t.test:
+            require_file(t.test, key=f"tasks.{name}.test")
     encoder = load_encoder(encoder_dir)
     apply_freeze(encoder, config.model.freeze)
     model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
