@@ -78,10 +78,14 @@ class Predictor:
         max_length = self.config.model.max_length
         batches: dict[str, dict[str, Any]] = {}
         groups: dict[tuple, list[str]] = {}  # identical tokenised input -> tasks sharing one forward
+        encoded: dict[tuple, tuple[list, list]] = {}  # tasks reading the same columns tokenise once
         for name in names:
             task = self.tasks[name]
             examples = [task.read(self._view(rec, task), w, labelled=False) for rec, w in zip(records, where)]
-            feats = task.encode(examples, self.tokenizer, max_length)
+            reads = (task.level, task.cfg.text, task.cfg.text_pair)
+            if reads not in encoded:
+                encoded[reads] = (examples, task.encode(examples, self.tokenizer, max_length))
+            examples, feats = encoded[reads]
             batch = collate(feats, task, self.tokenizer.pad_token_id or 0)
             if task.level == "token":
                 batch["words"] = [ex.text for ex in examples]
