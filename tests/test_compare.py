@@ -109,3 +109,13 @@ def test_compare_bad_input(toy_config, tmp_path, capsys):
     assert main(["compare", str(path), "--output", str(other)]) == 2
     assert "not a comparison folder" in capsys.readouterr().err
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_compare_refuses_several_processes(toy_config, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(toy_config(("classification", "token"))), encoding="utf-8")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["compare", str(path), "--output", str(tmp_path / "c")]) == 2
+    assert "one process" in capsys.readouterr().err

@@ -88,6 +88,13 @@ def test_one_encoder_pass_answers_every_task(toy_config, build_config):
     subset = model.predict(texts, tasks=["token"])
     assert all(set(p) == {"token"} for p in subset)
     assert [p["token"] for p in subset] == [p["token"] for p in preds]
+    # tasks reading the same column are tokenised once (classification + multilabel share; token differs)
+    encodes = []
+    for task in model.tasks.values():
+        orig = task.encode
+        task.encode = lambda *a, _orig=orig, **k: encodes.append(1) or _orig(*a, **k)
+    assert model.predict(texts, batch_size=8) == preds
+    assert len(encodes) == 2
 
 
 def test_best_checkpoint_and_logs(toy_config, build_config):

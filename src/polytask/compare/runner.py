@@ -148,8 +148,14 @@ def compare(config: Config, seeds: int | list[int] = 3, output_dir: str | Path |
             kinds: tuple[str, ...] = KINDS, probe_lr: float | None = None, overwrite: bool = False,
             inference_samples: int = 256, progress: bool = True) -> CompareResult:
     """Run the comparison and write ``comparison.{md,json}`` and PNG plots into ``output_dir``."""
-    from polytask.compare.report import summarize, write_outputs
+    import os
 
+    from polytask.compare.report import summarize, write_outputs
+    from polytask.errors import NotSupportedError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise NotSupportedError("compare runs its trainings one after another in one process; start it with "
+                                "'polytask compare', not under 'accelerate launch' with several processes")
     if isinstance(seeds, int):
         if seeds < 1:
             raise UserError(f"--seeds must be at least 1, got {seeds}")
