@@ -119,3 +119,12 @@ def test_compare_refuses_several_processes(toy_config, tmp_path, capsys, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["compare", str(path), "--output", str(tmp_path / "c")]) == 2
     assert "one process" in capsys.readouterr().err
+
+
+def test_overall_statement_respects_spread():
+    from polytask.compare.report import overall
+
+    assert "worse" in overall({"mean": -3.3, "std": 0.1, "per_seed": [-3.4, -3.2]})
+    assert "better" in overall({"mean": 2.0, "std": 0.5, "per_seed": [1.5, 2.5]})
+    assert "no clear difference" in overall({"mean": -0.04, "std": 0.5, "per_seed": [-0.6, 0.2, 0.3]})
+    assert "worse" in overall({"mean": -0.04, "std": 0.0, "per_seed": [-0.04]})

@@ -40,6 +40,17 @@ def verdict(multi: list[float], single: list[float], higher: bool) -> str:
     return "helped" if diff > 0 else "hurt" if diff < 0 else "no clear difference"
 
 
+def overall(dm: dict[str, Any]) -> str:
+    """One sentence on Δm: better / worse only when it exceeds its spread over seeds."""
+    clear = len(dm["per_seed"]) == 1 or abs(dm["mean"]) > dm["std"]
+    if dm["mean"] < 0 and clear:
+        return f"**Overall, multi-task is worse than single-task (Δm {dm['mean']:+.2f}%).**"
+    if dm["mean"] > 0 and clear:
+        return f"Overall, multi-task is better than single-task (Δm {dm['mean']:+.2f}%)."
+    return (f"Overall, no clear difference: Δm {dm['mean']:+.2f}% is within its spread over seeds "
+            f"(± {dm['std']:.2f}).")
+
+
 def summarize(config: Config, results: list[dict[str, Any]], seeds: list[int],
               inference: dict[str, Any] | None) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
@@ -124,8 +135,7 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
                          + ".")
         if not hurt and not helped:
             lines.append("Multi-task and single-task differ by less than the spread over seeds on every task.")
-        if dm["mean"] < 0:
-            lines.append(f"Overall, multi-task is worse than single-task (Δm {dm['mean']:+.2f}%).")
+        lines.append(overall(dm))
         lines.append("")
     p = s["parameters"]
     if "single" in p and "multi" in p:
