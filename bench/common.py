@@ -81,15 +81,14 @@ def random_batches(sizes: dict[str, int], batch_size: int, seed: int, epoch: int
 
 
 def bare_train(model, run, batches_per_epoch: list[list[tuple[str, list[int]]]], precision: str = "fp32",
-               pad_to: int | None = None, lr_schedule: bool = True) -> dict[str, Any]:
+               pad_to: int | None = None) -> dict[str, Any]:
     """A plain PyTorch loop: collate, forward, task loss, backward, clip, AdamW step — nothing else.
 
     Uses ``run``'s optimizer and scheduler (same hyperparameters as polytask). Returns timing and counts.
     """
     model.train()
     device = torch.device("cpu")
-    examples = steps = 0
-    tokens = 0
+    examples = 0
     stamps = []  # time after each optimizer step
     start = time.perf_counter()
     for batches in batches_per_epoch:
@@ -106,16 +105,12 @@ def bare_train(model, run, batches_per_epoch: list[list[tuple[str, list[int]]]],
             if run.config.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.train.grad_clip)
             run.optimizer.step()
-            if lr_schedule:
-                run.scheduler.step()
+            run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
             examples += len(idx)
-            tokens += int(batch["input_ids"].numel())
-            steps += 1
             stamps.append(time.perf_counter())
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "examples": examples, "steps": steps, "padded_tokens": tokens,
-            "examples_per_second": examples / seconds, "stamps": stamps}
+    return {"seconds": seconds, "examples": examples, "examples_per_second": examples / seconds, "stamps": stamps}
 
 
 def test_metrics(model, run, precision: str = "fp32", split: str = "test") -> dict[str, float]:
@@ -130,12 +125,6 @@ def test_metrics(model, run, precision: str = "fp32", split: str = "test") -> di
 
 def fmt(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-
-
-def table(rows: list[list[Any]], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def ratio_line(value: float) -> str:

