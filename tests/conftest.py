@@ -7,6 +7,7 @@ hidden 32 — fast enough that a whole train/evaluate/predict cycle takes second
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -35,6 +36,26 @@ def tiny_encoder(tmp_path_factory) -> Path:
         if (src / name).exists():
             shutil.copy(src / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def e5_folder(tmp_path_factory):
+    """The real multilingual-e5-small, converted into a fresh cache (exercises the first-use build)."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("POLYTASK_CACHE")
+    os.environ["POLYTASK_CACHE"] = str(cache)
+    try:
+        from polytask.catalog.encoders import resolve_encoder
+
+        folder = resolve_encoder("multilingual-e5-small")
+        again = resolve_encoder("multilingual-e5-small")  # reused, not rebuilt
+        assert folder == again and folder.parent.parent == cache
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop("POLYTASK_CACHE", None)
+        else:
+            os.environ["POLYTASK_CACHE"] = old
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

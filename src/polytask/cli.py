@@ -13,6 +13,10 @@ from polytask.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
+    for stream in (sys.stdout, sys.stderr):  # Chinese labels and texts print as UTF-8 whatever the locale
+        encoding = (getattr(stream, "encoding", "") or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -46,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="predict every task for texts in a JSONL (or .txt) file")
+    r = sub.add_parser("predict", help="predict every task for texts in a JSONL (or .txt) file, or given inline")
     r.add_argument("checkpoint", help="checkpoint folder or run folder")
-    r.add_argument("--input", required=True, help="JSONL with a 'text' field per line, or a .txt with a text per line")
-    r.add_argument("--output", required=True, help="JSONL file to write")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="JSONL with a 'text' field per line, or a .txt with a text per line")
+    src.add_argument("--text", action="append", metavar="TEXT", help="a text to predict (repeatable)")
+    r.add_argument("--output", help="JSONL file to write (default: print JSON lines)")
     r.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
     r.add_argument("--batch-size", type=int, default=32)
     r.set_defaults(func=cmd_predict)
@@ -138,10 +144,18 @@ def read_inputs(path: Path) -> tuple[list[dict], list[str]]:
 def cmd_predict(args) -> int:
     from polytask.predict import Predictor
 
-    records, where = read_inputs(Path(args.input))
+    if args.text is not None:
+        records = [{"text": t} for t in args.text]
+        where = [f"--text {i}" for i in range(1, len(records) + 1)]
+    else:
+        records, where = read_inputs(Path(args.input))
     predictor = Predictor(args.checkpoint)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     preds = predictor.predict(records, tasks=tasks, batch_size=args.batch_size, where=where)
+    if not args.output:
+        for rec, p in zip(records, preds):
+            print(json.dumps({**rec, **p}, ensure_ascii=False))
+        return 0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

