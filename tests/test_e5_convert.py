@@ -155,3 +155,22 @@ def test_built_folder_is_a_standard_hugging_face_folder(e5_folder):
     enc = tok("我爱北京", return_offsets_mapping=True)
     assert tok.is_fast and enc["input_ids"][0] == tok.cls_token_id and tok.pad_token_id == cfg.pad_token_id
     assert not (e5_folder.parent / f".{e5_folder.name}.tmp").exists()
+
+
+def test_a_stale_cached_build_is_replaced_and_a_current_one_reused(tmp_path, monkeypatch, capfd, e5_folder):
+    from polytask.catalog.encoders import ENCODERS
+
+    monkeypatch.setenv("POLYTASK_CACHE", str(tmp_path))
+    image = ENCODERS["multilingual-e5-small"].path()  # builds into tmp_path
+    built = tmp_path / "encoders" / "multilingual-e5-small-b1"
+    assert image == built
+    assert "building the 'multilingual-e5-small' encoder" in capfd.readouterr().err
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    assert ENCODERS["multilingual-e5-small"].path() == built  # reused, silently
+    assert "building" not in capfd.readouterr().err
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+    cfg = built / "config.json"
+    cfg.write_text(cfg.read_text().replace('"image_bytes": ', '"image_bytes": 1'))  # as if from another image
+    assert ENCODERS["multilingual-e5-small"].path() == built
+    assert '"image_bytes": 1' not in cfg.read_text()
+    assert sorted(p.name for p in (tmp_path / "encoders").iterdir()) == ["multilingual-e5-small-b1"]

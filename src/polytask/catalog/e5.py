@@ -225,13 +225,30 @@ def convert(image: str | Path, tokenizer_json: str | Path, out_dir: str | Path) 
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)  # atomic; fails when out_dir exists and is not empty
+        except OSError:
+            if is_current(out_dir, image):  # another process (e.g. a second DDP rank) finished first
+                shutil.rmtree(tmp, ignore_errors=True)
+                return out_dir
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def is_current(folder: Path, image: Path) -> bool:
+    """Whether ``folder`` is a finished conversion of ``image`` by this version of the converter."""
+    try:
+        src = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("polytask_source", {})
+    except (OSError, ValueError):
+        return False
+    return (src.get("image_bytes") == image.stat().st_size and src.get("build") == BUILD_VERSION
+            and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file())
 
 
 def cache_root() -> Path:
@@ -245,14 +262,8 @@ def cache_root() -> Path:
 def cached_folder(name: str, image: Path, tokenizer_json: Path) -> Path:
     """The converted folder for ``name`` in the user cache, built on first use (a message says so)."""
     out = cache_root() / "encoders" / f"{name}-b{BUILD_VERSION}"
-    marker = out / "config.json"
-    if marker.is_file():
-        try:
-            src = json.loads(marker.read_text(encoding="utf-8")).get("polytask_source", {})
-        except ValueError:
-            src = {}
-        if src.get("image_bytes") == image.stat().st_size and (out / "model.safetensors").is_file():
-            return out
+    if is_current(out, image):
+        return out
     print(f"polytask: building the '{name}' encoder from {image.name} into {out} (once; about a minute)",
           file=sys.stderr, flush=True)
     try:
