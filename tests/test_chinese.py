@@ -285,3 +285,18 @@ def test_chinese_example_trains_and_predicts_with_the_real_encoder(tmp_path, e5_
         assert len(p["ner"]["tags"]) == len(text)
         for span in p["ner"]["spans"]:
             assert span["text"] == text[span["start"]:span["end"]]
+
+
+def test_plots_with_chinese_task_names_are_written(tmp_path, recwarn):
+    from polytask.compare.report import plot_bars
+    from polytask.plotting import needs_cjk
+
+    summary = {"tasks": {"情感": {"metric": "accuracy", "single": {"mean": 0.8, "std": 0.01},
+                                 "multi": {"mean": 0.82, "std": 0.02}},
+                         "ner": {"metric": "f1", "single": {"mean": 0.5, "std": 0.05},
+                                 "multi": {"mean": 0.55, "std": 0.03}}}}
+    path = tmp_path / "bars.png"
+    plot_bars(summary, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    assert needs_cjk(["情感"]) and not needs_cjk(["sentiment", "Ünïcode"])

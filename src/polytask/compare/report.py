@@ -10,6 +10,7 @@ from typing import Any
 from polytask.compare.runner import mean_std
 from polytask.config import Config
 from polytask.model.io import write_json
+from polytask.plotting import cjk_font, needs_cjk, plot_style, pyplot
 
 KIND_NAMES = {"probe": "frozen probe (before fine-tuning)", "single": "single-task", "multi": "multi-task"}
 
@@ -160,11 +161,12 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
 
 
 def plot_bars(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    with plot_style(summary["tasks"]):
+        _plot_bars(summary, path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _plot_bars(summary: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
     tasks = list(summary["tasks"])
     kinds = [k for k in ("probe", "single", "multi") if any(k in e for e in summary["tasks"].values())]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(tasks) + 1), 4.0))
@@ -184,11 +186,12 @@ def plot_bars(summary: dict[str, Any], path: Path) -> None:
 
 
 def plot_curves(results: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
-    import matplotlib
+    with plot_style(tasks):
+        _plot_curves(results, tasks, path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _plot_curves(results: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
+    plt = pyplot()
     colours = {"probe": "tab:blue", "single": "tab:orange", "multi": "tab:green"}
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -219,4 +222,8 @@ def write_outputs(out: Path, summary: dict[str, Any], results: list[dict[str, An
         plots = ["comparison_bars.png", "comparison_curves.png"]
     write_json(out / "comparison.json", {**summary, "runs": [{k: v for k, v in r.items() if k != "config"}
                                                              for r in results]})
-    (out / "comparison.md").write_text(markdown(summary, plots), encoding="utf-8")
+    md = markdown(summary, plots)
+    if plots and needs_cjk(summary["tasks"]) and cjk_font() is None:
+        md += ("\nThe plots show CJK task names as boxes: no font with CJK glyphs is installed "
+               "(e.g. `apt install fonts-noto-cjk`).\n")
+    (out / "comparison.md").write_text(md, encoding="utf-8")
