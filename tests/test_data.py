@@ -161,3 +161,47 @@ def test_datasets_and_encoders_commands(capsys):
         assert f"{name}:" in out and line in out
     assert main(["encoders"]) == 0
     assert "minilm" in capsys.readouterr().out
+
+
+def test_annealed_sampling_goes_from_proportional_to_near_uniform():
+    p = plan(sampling="annealed", epochs=3)
+    first, last = p.probabilities(0), p.probabilities(2)
+    assert first["big"] == pytest.approx(100 / 120)
+    assert last["big"] / last["small"] == pytest.approx(5 ** 0.2)
+    assert p.probabilities(1)["big"] / p.probabilities(1)["small"] == pytest.approx(5 ** 0.6)
+    late = Counter(t for t, _ in p.epoch(2))
+    early = Counter(t for t, _ in p.epoch(0))
+    assert late["small"] > early["small"]
+
+
+def test_user_probabilities_sampling():
+    p = plan(sampling="probabilities", task_probabilities={"big": 1.0, "small": 3.0})
+    assert p.probabilities() == {"big": 0.25, "small": 0.75}
+    counts = Counter(t for e in range(5) for t, _ in p.epoch(e))
+    assert 0.6 < counts["small"] / sum(counts.values()) < 0.9
+
+
+def test_all_tasks_sampling_gives_every_task_each_step():
+    p = plan(sampling="all_tasks")
+    assert p.tasks_per_step == 2
+    batches = p.epoch(0)
+    assert len(batches) == len(p) == 2 * 13  # the largest task's 13 batches, each paired with a small batch
+    assert [t for t, _ in batches[:4]] == ["big", "small", "big", "small"]
+    assert sorted(i for t, b in batches if t == "big" for i in b) == list(range(100))
+    small = [i for t, b in batches if t == "small" for i in b]
+    assert sorted(small[:20]) == list(range(20))
+    assert sum(t == "small" for t, _ in batches) == 13
+
+
+@pytest.mark.parametrize("override, message", [
+    (["train.sampling=probabilities"], "a probability for every task"),
+    (["train.sampling=probabilities", "train.task_probabilities={classification: 1}"], "a probability for every"),
+    (["train.sampling=probabilities", "train.task_probabilities={classification: -1, token: 1}"],
+     "train.task_probabilities.classification"),
+    (["train.task_probabilities={classification: 1, token: 1}"], "null unless train.sampling is probabilities"),
+])
+def test_task_probabilities_are_checked(toy_config, build_config, override, message):
+    from polytask.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        build_config(toy_config(["classification", "token"]), override)

@@ -30,7 +30,7 @@ import yaml
 
 from polytask.errors import UserError
 
-SAMPLING = ("proportional", "temperature", "round_robin", "uniform")
+SAMPLING = ("proportional", "temperature", "annealed", "probabilities", "uniform", "round_robin", "all_tasks")
 SCI_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 FREEZE_RE = re.compile(r"^(none|embeddings|encoder|bottom:(\d+))$")
 
@@ -118,6 +118,7 @@ class TrainConfig:
     grad_accum: int = 1
     sampling: str = "proportional"
     temperature: float = 2.0  # for sampling: temperature  (p_i ~ n_i^(1/T))
+    task_probabilities: dict[str, float] | None = None  # for sampling: probabilities  ({task: p}, normalised)
     group_by_length: bool = False  # batch examples of similar length together (less padding)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     eval_steps: int | None = None  # also validate every N optimizer steps (default: once per epoch)
@@ -199,6 +200,19 @@ class Config:
             _bad("train.sampling", tr.sampling, ", ".join(SAMPLING))
         if tr.temperature <= 0:
             _bad("train.temperature", tr.temperature, "a number > 0")
+        if tr.sampling == "probabilities":
+            probs = tr.task_probabilities or {}
+            if set(probs) != set(self.tasks):
+                _bad("train.task_probabilities", tr.task_probabilities,
+                     "a probability for every task (" + ", ".join(self.tasks) + ") when train.sampling is "
+                     "probabilities")
+            for t, v in probs.items():
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                    _bad(f"train.task_probabilities.{t}", v, "a number >= 0")
+            if sum(probs.values()) <= 0:
+                _bad("train.task_probabilities", tr.task_probabilities, "probabilities that sum to more than 0")
+        elif tr.task_probabilities is not None:
+            _bad("train.task_probabilities", tr.task_probabilities, "null unless train.sampling is probabilities")
         es = tr.early_stopping
         if es.patience is not None and es.patience < 1:
             _bad("train.early_stopping.patience", es.patience, "null or an integer >= 1")

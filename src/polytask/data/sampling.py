@@ -9,8 +9,16 @@ batch size x number of processes). How those batches are spread over tasks depen
 - ``temperature``: each batch draws its task with probability ``p_i ~ n_i^(1/T)`` (``train.temperature``;
   T=1 is proportional in expectation, large T approaches uniform). Small tasks are revisited, large ones
   are not fully covered within one epoch.
+- ``annealed``: temperature sampling whose exponent falls over training (Stickland & Murray 2019, "BERT and
+  PALs"): in epoch ``e`` of ``E``, ``p_i ~ n_i^a`` with ``a = 1 - 0.8 * e / (E - 1)`` — proportional in the
+  first epoch, close to uniform (``a = 0.2``) in the last.
+- ``probabilities``: the user's own ``train.task_probabilities`` (normalised).
 - ``uniform``: every task equally likely for each batch.
 - ``round_robin``: tasks in turn, one batch each.
+- ``all_tasks``: every optimizer step holds one batch of EVERY task (in config order), run through the
+  encoder together. For weighting methods that need each task's loss at every step (GradNorm, PCGrad,
+  CAGrad, FAMO). An epoch is ``max_i ceil(n_i / B)`` steps: the largest task is seen once, smaller ones are
+  revisited from their streams. ``tasks_per_step`` is the number of tasks (1 in every other mode).
 
 For the drawn modes each task reads its examples from an endless stream of fresh shuffles, so no example
 repeats before all of that task's examples have been seen. The plan of an epoch depends only on
@@ -42,16 +50,28 @@ class MultiTaskBatchPlan:
         self.global_batch = cfg.batch_size * world_size
         self.sizes = {t: len(v) for t, v in lengths.items()}
         self.batches_per_task = {t: math.ceil(n / self.global_batch) for t, n in self.sizes.items()}
+        self.tasks_per_step = len(self.sizes) if cfg.sampling == "all_tasks" else 1
+        self.total_epochs = cfg.epochs  # the loop sets the real count (max_steps may change it)
 
     def __len__(self) -> int:
+        """Micro-batches in one epoch."""
+        if self.cfg.sampling == "all_tasks":
+            return max(self.batches_per_task.values()) * self.tasks_per_step
         return sum(self.batches_per_task.values())
 
-    def probabilities(self) -> dict[str, float]:
+    def probabilities(self, epoch: int = 0) -> dict[str, float]:
+        """Probability of each task for a batch of ``epoch`` (the share of batches for the fixed modes)."""
         mode = self.cfg.sampling
-        if mode in ("proportional", "round_robin"):
-            weights = dict(self.sizes)
+        if mode in ("proportional", "round_robin", "all_tasks"):
+            weights = {t: float(n) for t, n in self.sizes.items()}
         elif mode == "uniform":
             weights = {t: 1.0 for t in self.sizes}
+        elif mode == "probabilities":
+            weights = {t: float(self.cfg.task_probabilities[t]) for t in self.sizes}
+        elif mode == "annealed":
+            span = max(self.total_epochs - 1, 1)
+            alpha = 1.0 - 0.8 * min(epoch, span) / span
+            weights = {t: n ** alpha for t, n in self.sizes.items()}
         else:  # temperature
             weights = {t: n ** (1.0 / self.cfg.temperature) for t, n in self.sizes.items()}
         total = sum(weights.values())
@@ -63,12 +83,16 @@ class MultiTaskBatchPlan:
         if mode == "proportional":
             plan = [(t, b) for t in self.sizes for b in self._task_batches(t, epoch, 0)]
             rng.shuffle(plan)
+        elif mode == "all_tasks":
+            streams = {t: self._stream(t, epoch) for t in self.sizes}
+            steps = max(self.batches_per_task.values())
+            plan = [(t, next(streams[t])) for _ in range(steps) for t in self.sizes]
         else:
             tasks = list(self.sizes)
             if mode == "round_robin":
                 order = [tasks[i % len(tasks)] for i in range(len(self))]
             else:
-                probs = self.probabilities()
+                probs = self.probabilities(epoch)
                 order = rng.choices(tasks, weights=[probs[t] for t in tasks], k=len(self))
             streams = {t: self._stream(t, epoch) for t in tasks}
             plan = [(t, next(streams[t])) for t in order]

@@ -3,8 +3,9 @@
 Follow one batch: ``build_run`` (train/setup.py) has read and tokenised every task; the batch plan
 (data/sampling.py) says which task and which examples come next; ``collate`` pads them to the batch's
 longest input; the model runs the encoder and that task's head; the task type computes its loss; the
-weighting method turns the step's losses into ``backward()``; after ``grad_accum`` micro-batches the
-optimizer steps. Validation runs each epoch (and every ``eval_steps``), keeps ``best/`` and early-stops;
+weighting method turns the step's losses into ``backward()``; after ``grad_accum`` micro-batches (times
+the number of tasks under ``sampling: all_tasks``) the optimizer steps. Validation runs each epoch (and
+every ``eval_steps``), keeps ``best/`` and early-stops;
 ``last/`` holds everything needed for ``--resume``.
 """
 
@@ -25,7 +26,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from tqdm.auto import tqdm
 
 from polytask.config import Config
-from polytask.data.features import collate, to_device
+from polytask.data.features import collate, stack_batches, to_device
 from polytask.errors import UserError
 from polytask.evaluate.runner import evaluate_split, flat_metrics
 from polytask.model.io import save_checkpoint, write_json
@@ -88,7 +89,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         batches = run.plan.epoch(epoch)  # [(task, example indices)], the same on every process
         i = state.micro_in_epoch
         while i < len(batches) and not stop:
-            window = batches[i:i + tc.grad_accum]  # micro-batches of one optimizer step
+            window = batches[i:i + tc.grad_accum * run.plan.tasks_per_step]  # micro-batches of one optimizer step
             for task, loss in train_step(accelerator, model, run, window, state.global_step).items():
                 running[task].append(loss)
             if tc.grad_clip is not None:
@@ -124,25 +125,49 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
 
 def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str, list[int]]],
                step: int) -> dict[str, float]:
-    """Forward and backward over the micro-batches of one optimizer step; returns each task's loss."""
-    shared = accelerator.unwrap_model(model).shared_parameters
+    """Forward and backward over the micro-batches of one optimizer step; returns each task's loss.
+
+    The window is cut into groups of ``plan.tasks_per_step`` micro-batches (one, except under
+    ``sampling: all_tasks``, where a group holds one batch of every task). A group runs through the encoder
+    as one stacked batch, and the weighting method turns the group's losses into one backward.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    k = run.plan.tasks_per_step
+    groups = [window[s:s + k] for s in range(0, len(window), k)]
     seen: dict[str, float] = {}
-    for k, (task, idx) in enumerate(window):
-        features = run.data[task].features["train"]
-        batch = to_device(collate([features[j] for j in idx], run.tasks[task], run.pad_id), accelerator.device)
-        last = k == len(window) - 1
-        # Only the last micro-batch of the window all-reduces gradients across processes.
+    for g, group in enumerate(groups):
+        batches = [collate([run.data[task].features["train"][j] for j in idx], run.tasks[task], run.pad_id)
+                   for task, idx in group]
+        inputs, rows = stack_batches(batches, run.pad_id)
+        inputs = to_device(inputs, accelerator.device)
+        last = g == len(groups) - 1
+        # Only the last group of the window all-reduces gradients across processes.
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[task])
-            losses = {task: run.tasks[task].loss(logits[task], batch["labels"])}
+            names = [task for task, _ in group]
+            logits = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], tasks=names)
+            losses = {task: run.tasks[task].loss(logits[task][sl], batch["labels"].to(accelerator.device))
+                      for task, batch, sl in zip(names, batches, rows)}
 
             def backward(loss: torch.Tensor, **kwargs: Any) -> None:
-                accelerator.backward(loss / len(window), **kwargs)  # mean over the window's micro-batches
+                accelerator.backward(loss / len(groups), **kwargs)  # mean over the window's groups
 
-            run.weighting.backward(losses, StepContext(backward=backward, shared_parameters=shared, step=step))
-        seen[task] = float(losses[task].detach())
+            ctx = StepContext(backward=backward, shared_parameters=unwrapped.shared_parameters, step=step,
+                              scale=1.0 / len(groups), synced=last or accelerator.num_processes == 1,
+                              all_reduce_mean=lambda t: all_reduce_mean(accelerator, t))
+            run.weighting.backward(losses, ctx)
+        for task, loss in losses.items():
+            seen[task] = float(loss.detach())
     return seen
+
+
+def all_reduce_mean(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over processes (itself in a single process)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    out = tensor.detach().clone()
+    torch.distributed.all_reduce(out)
+    return out / accelerator.num_processes
 
 
 def validate_and_save(accelerator: Accelerator, model, run: Run, state: TrainerState, early: EarlyStopping,

@@ -59,11 +59,12 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
     lengths = {name: [len(f["input_ids"]) for f in d.features["train"]] for name, d in data.items()}
     plan = MultiTaskBatchPlan(lengths, tc, world_size=world_size, rank=rank)
-    steps_per_epoch = math.ceil(len(plan) / tc.grad_accum)
+    steps_per_epoch = math.ceil(len(plan) / (tc.grad_accum * plan.tasks_per_step))
     if tc.max_steps is not None:
         total_steps, epochs = tc.max_steps, math.ceil(tc.max_steps / steps_per_epoch)
     else:
         total_steps, epochs = tc.epochs * steps_per_epoch, tc.epochs
+    plan.total_epochs = epochs  # annealed sampling needs it
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, total_steps)
     weighting = WEIGHTINGS.get(tc.weighting.method)({n: t.weight for n, t in config.tasks.items()},

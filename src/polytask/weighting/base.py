@@ -24,14 +24,18 @@ from polytask.registry import Registry
 class StepContext:
     """What a weighting method may use during one micro-batch.
 
-    ``backward(loss, retain_graph=False)`` backpropagates (scaled for gradient accumulation, synchronised
-    across processes); ``shared_parameters()`` lists the trainable encoder parameters; ``step`` is the
-    optimizer step about to be taken.
+    ``backward(loss, retain_graph=False)`` backpropagates (scaled by ``scale`` for gradient accumulation,
+    synchronised across processes when ``synced``); ``shared_parameters()`` lists the trainable encoder
+    parameters; ``step`` is the optimizer step about to be taken; ``all_reduce_mean(t)`` averages a tensor
+    over processes (for methods that compute their own per-task gradients with ``torch.autograd.grad``).
     """
 
     backward: Callable[..., None]
     shared_parameters: Callable[[], list[torch.nn.Parameter]]
     step: int
+    scale: float = 1.0  # what ``backward`` multiplies a loss by (1 / the optimizer step's groups)
+    synced: bool = True  # whether this backward all-reduces gradients across processes (last group)
+    all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # mean over processes
 
 
 class Weighting:
