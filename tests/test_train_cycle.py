@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -202,3 +203,24 @@ def test_stacked_tasks_get_the_gradient_of_separate_batches(toy_config, build_co
     separate = [g * 2 for g in grads(window, 1)]  # two groups of one: each backward was halved
     for g1, g2 in zip(stacked, separate):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_encoder_dropout_is_on_from_the_first_step(toy_config, build_config):
+    """from_pretrained returns the encoder in eval mode; training must switch it (and every head) to train."""
+    import polytask.model.encoder as enc
+
+    modes = []
+    real = enc.load_encoder
+
+    def spying_load(folder, from_config_only=False):
+        model = real(folder, from_config_only)
+        model.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+        return model
+
+    setup = importlib.import_module("polytask.train.setup")  # (polytask.train is also the train() function)
+    setup.load_encoder, saved = spying_load, setup.load_encoder
+    try:
+        polytask.train(build_config(toy_config(["classification"], n_train=16, n_eval=8, train={"epochs": 1})))
+    finally:
+        setup.load_encoder = saved
+    assert modes[0] is True  # the first training forward, before any validation

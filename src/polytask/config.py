@@ -227,6 +227,9 @@ class Config:
                      f"for a {self.tasks[task].type} task: " + ", ".join((*ttype.metric_names, "loss")))
         method = WEIGHTINGS.get(tr.weighting.method, where="config key 'train.weighting.method'")
         method.check_options(tr.weighting.options, "train.weighting")
+        if method.needs_all_tasks and tr.sampling != "all_tasks" and len(self.tasks) > 1:
+            raise UserError(f"config key 'train.weighting.method': {tr.weighting.method} needs every task's loss "
+                            "at each step; set train.sampling: all_tasks (one batch of every task per step)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

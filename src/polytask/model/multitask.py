@@ -73,5 +73,12 @@ class MultiTaskModel(nn.Module):
         """Trainable encoder parameters (what gradient-surgery weighting methods act on)."""
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the encoder's top layer (GradNorm measures gradient norms there)."""
+        from polytask.model.encoder import encoder_layers
+
+        params = [p for p in encoder_layers(self.encoder)[-1].parameters() if p.requires_grad]
+        return params or self.shared_parameters()[-2:]
+
     def head_parameters(self, task: str) -> list[nn.Parameter]:
         return list(self.heads[task].parameters())

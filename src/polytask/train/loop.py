@@ -12,6 +12,7 @@ every ``eval_steps``), keeps ``best/`` and early-stops;
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 from collections import defaultdict
@@ -75,6 +76,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     if main and not resume:
         start_output_dir(out, overwrite, config)
     accelerator.wait_for_everyone()
+    # from_pretrained hands the encoder back in eval mode: without this, its dropout would stay off until the
+    # first validation switched the whole model to train mode (and, after --resume, off again until the next).
+    run.model.train()
     model, optimizer = accelerator.prepare(run.model, run.optimizer)
     logger = RunLogger(out, tc.tensorboard, enabled=main, resume_step=state.global_step if resume else None)
     bar = tqdm(total=run.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
@@ -90,8 +94,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         i = state.micro_in_epoch
         while i < len(batches) and not stop:
             window = batches[i:i + tc.grad_accum * run.plan.tasks_per_step]  # micro-batches of one optimizer step
-            for task, loss in train_step(accelerator, model, run, window, state.global_step).items():
+            for task, loss in train_step(accelerator, model, run, window, state.global_step, epoch).items():
                 running[task].append(loss)
+            run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
             if tc.grad_clip is not None:
                 accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
@@ -112,6 +117,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
                 save_training_state(accelerator, model, run, state, early)
 
     state.finished = True
+    check_processes_agree(accelerator, model, run)
     save_training_state(accelerator, model, run, state, early)
     bar.close()
     logger.close()
@@ -124,7 +130,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
 
 
 def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str, list[int]]],
-               step: int) -> dict[str, float]:
+               step: int, epoch: int = 0) -> dict[str, float]:
     """Forward and backward over the micro-batches of one optimizer step; returns each task's loss.
 
     The window is cut into groups of ``plan.tasks_per_step`` micro-batches (one, except under
@@ -154,11 +160,27 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
 
             ctx = StepContext(backward=backward, shared_parameters=unwrapped.shared_parameters, step=step,
                               scale=1.0 / len(groups), synced=last or accelerator.num_processes == 1,
-                              all_reduce_mean=lambda t: all_reduce_mean(accelerator, t))
+                              all_reduce_mean=lambda t: all_reduce_mean(accelerator, t), epoch=epoch,
+                              last_layer_parameters=unwrapped.last_layer_parameters)
             run.weighting.backward(losses, ctx)
         for task, loss in losses.items():
             seen[task] = float(loss.detach())
     return seen
+
+
+def check_processes_agree(accelerator: Accelerator, model, run: Run) -> None:
+    """Under several processes, every process must end with the same model and weighting state; a
+    difference means some gradient was not averaged, and the run is refused rather than silently wrong."""
+    if accelerator.num_processes == 1:
+        return
+    params = accelerator.unwrap_model(model).parameters()
+    digest = [float(sum(p.detach().double().sum() for p in params)),
+              json.dumps(run.weighting.state_dict(), sort_keys=True)]
+    digests = gather_object([digest])
+    if any(d != digests[0] for d in digests):
+        raise RuntimeError(f"the {accelerator.num_processes} processes ended with different models "
+                           f"(parameter sums {[d[0] for d in digests]}); weighting method "
+                           f"'{run.config.train.weighting.method}' did not keep them in step")
 
 
 def all_reduce_mean(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:

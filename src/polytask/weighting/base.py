@@ -36,27 +36,40 @@ class StepContext:
     scale: float = 1.0  # what ``backward`` multiplies a loss by (1 / the optimizer step's groups)
     synced: bool = True  # whether this backward all-reduces gradients across processes (last group)
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # mean over processes
+    epoch: int = 0
+    last_layer_parameters: Callable[[], list[torch.nn.Parameter]] = list  # the encoder's top layer
 
 
 class Weighting:
     """Base class: holds the static task weights from ``tasks.<name>.weight`` and rejects unknown options."""
 
     options: dict[str, Any] = {}  # option name -> default
+    # True for methods that need every task's loss at each step: they require ``sampling: all_tasks``.
+    needs_all_tasks = False
 
     def __init__(self, task_weights: dict[str, float], options: dict[str, Any] | None = None):
         self.task_weights = dict(task_weights)
+        self.tasks = list(task_weights)
         self.opts = {**self.options, **(options or {})}
 
     @classmethod
     def check_options(cls, options: dict[str, Any], path: str) -> None:
-        for key in options:
+        for key, value in options.items():
             if key not in cls.options:
                 allowed = ", ".join(cls.options) or "none"
                 raise UserError(f"unknown config key '{path}.{key}' for this weighting method; "
                                 f"its options: {allowed}")
+            default = cls.options[key]
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                    not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                raise UserError(f"config key '{path}.{key}' has bad value {value!r}; expected a number >= 0")
 
     def backward(self, losses: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
+
+    def end_step(self, all_reduce_mean: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Called once per optimizer step, after every backward of the step and before the model update:
+        methods with their own learned parameters update them here (gradients averaged over processes)."""
 
     def weights(self) -> dict[str, float]:
         """Current weight per task, for logging."""
