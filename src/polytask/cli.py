@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs timed for the inference-cost comparison (0 to skip)")
     c.set_defaults(func=cmd_compare)
 
+    a = sub.add_parser("affinity", help="which tasks help or hurt each other: gradient cosine and lookahead "
+                                        "affinity during a short training run")
+    a.add_argument("config", help="YAML config file (at least two tasks)")
+    a.add_argument("--steps", type=int, default=None, help="training steps (default: one all_tasks epoch)")
+    a.add_argument("--fraction", type=float, default=0.25, help="share of the steps that are measured")
+    a.add_argument("--lookahead-lr", type=float, default=None, help="step size of the lookahead (default: lr)")
+    a.add_argument("--output", help="folder for the report (default: <train.output_dir>-affinity)")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry (repeatable)")
+    a.set_defaults(func=cmd_affinity)
+
     d = sub.add_parser("datasets", help="list built-in datasets")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
@@ -164,6 +175,20 @@ def cmd_predict(args) -> int:
             f.write(json.dumps({**rec, **p}, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
     print(f"wrote {len(preds)} predictions for {', '.join(tasks or predictor.task_names)} to {out}")
+    return 0
+
+
+def cmd_affinity(args) -> int:
+    from polytask.affinity import measure_affinity, write_report
+    from polytask.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.output or f"{config.train.output_dir.rstrip('/')}-affinity")
+    result = measure_affinity(config, out / "run", steps=args.steps, fraction=args.fraction,
+                              lookahead_lr=args.lookahead_lr, progress=config.train.progress)
+    lines = write_report(result, out)
+    print("\n".join(lines))
+    print(f"wrote {out / 'affinity.md'}, {out / 'affinity_heatmap.png'} and {out / 'affinity.json'}")
     return 0
 
 

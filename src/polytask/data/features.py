@@ -121,8 +121,8 @@ def stack_batches(batches: list[dict[str, Any]], pad_id: int) -> tuple[dict[str,
         for key, value in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
             parts[key].append(torch.nn.functional.pad(b[key], (0, pad), value=value))
         labels = b.get("labels")
-        if labels is not None and "first_token" in b and pad:  # a token task: one label per position
-            b["labels"] = torch.nn.functional.pad(labels, (0, pad), value=IGNORE_INDEX)
+        if labels is not None and "first_token" in b and labels.shape[1] < seq_len:  # token task: per position
+            b["labels"] = torch.nn.functional.pad(labels, (0, seq_len - labels.shape[1]), value=IGNORE_INDEX)
         rows.append(slice(start, start + n))
         start += n
     return {k: torch.cat(v) for k, v in parts.items()}, rows
