@@ -300,3 +300,22 @@ def test_plots_with_chinese_task_names_are_written(tmp_path, recwarn):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
     assert needs_cjk(["情感"]) and not needs_cjk(["sentiment", "Ünïcode"])
+
+
+def test_a_lone_word_start_marker_carries_no_label_and_spans_never_overlap(e5_folder):
+    tok = load_tokenizer(e5_folder)
+    text = "国务院总理在北京"
+    natural = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert tok.convert_ids_to_tokens(natural["input_ids"])[0] == "▁" and natural["offset_mapping"][0] == (0, 1)
+    task, examples = char_task([(text, ["B-ORG", "M-ORG", "E-ORG", "O", "O", "O", "B-LOC", "E-LOC"])])
+    feats = task.encode(examples, tok, 64)
+    assert feats[0]["char_spans"] == [(i, i + 1) for i in range(len(text))]  # one labelled token per character
+    # whatever the model predicts, the character spans it decodes never overlap
+    batch = collate(feats, task, tok.pad_token_id)
+    batch["words"] = [text]
+    torch.manual_seed(0)
+    for _ in range(20):
+        pred = task.decode(torch.randn(1, batch["input_ids"].shape[1], len(task.labels)), batch)[0]
+        ends = [(s["start"], s["end"]) for s in pred["spans"]]
+        assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:]))
+        assert extract_spans(pred["tags"]) == [(s["label"], s["start"], s["end"]) for s in pred["spans"]]

@@ -243,7 +243,7 @@ def split_cjk_tokens(text: str, ids: list[int], offsets, tokenizer) -> tuple[lis
     script split into one token per character (looked up in the vocabulary, also as a word-initial ``▁`` piece;
     characters in neither become ``unk``).
 
-    Tokens that cover no character (a lone word-start marker) keep an empty span."""
+    Tokens that cover no character (a lone word-start marker) get an empty span and carry no label."""
     out_ids: list[int] = []
     out_spans: list[tuple[int, int]] = []
     for tid, (s, e) in zip(ids, offsets):
@@ -257,6 +257,13 @@ def split_cjk_tokens(text: str, ids: list[int], offsets, tokenizer) -> tuple[lis
         else:
             out_ids.append(tid)
             out_spans.append((s, e))
+    # A lone word-start marker ('▁' before 国务院) claims the first character that the next token covers
+    # too: clip every span at the next token's start, which leaves the marker covering nothing.
+    for k in range(len(out_spans) - 1):
+        s, e = out_spans[k]
+        nxt = out_spans[k + 1][0]
+        if s <= nxt < e:
+            out_spans[k] = (s, nxt)
     return out_ids, out_spans
 
 
