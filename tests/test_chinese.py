@@ -269,8 +269,8 @@ def test_chinese_paths_data_predictions_and_reports_stay_utf8(tmp_path, tiny_enc
 def test_chinese_example_trains_and_predicts_with_the_real_encoder(tmp_path, e5_folder, capsys):
     example = Path(__file__).parent.parent / "examples" / "chinese.yaml"
     run = tmp_path / "chinese"
-    args = ["train", str(example), "--set", f"train.output_dir={run}", "--set", "train.max_steps=24",
-            "--set", "train.eval_steps=24", "--set", "train.progress=false", "--set", "train.tensorboard=false"]
+    args = ["train", str(example), "--set", f"train.output_dir={run}", "--set", "train.max_steps=12",
+            "--set", "train.eval_steps=12", "--set", "train.progress=false", "--set", "train.tensorboard=false"]
     for task in ("ner", "review", "news"):
         args += ["--set", f"tasks.{task}.max_train_samples=256", "--set", f"tasks.{task}.max_eval_samples=64"]
     assert main(args) == 0
