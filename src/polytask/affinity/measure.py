@@ -93,7 +93,9 @@ def measure_affinity(config: Config, output: str | Path, steps: int | None = Non
                 grads[t] = running - sum(grads.values()) if grads else running
             for a in tasks:
                 for b_ in tasks:
-                    cos[(a, b_)].append(float(torch.nn.functional.cosine_similarity(grads[a], grads[b_], dim=0)))
+                    # float64: an fp32 reduction over millions of values puts cos(g, g) at 1.002
+                    cos[(a, b_)].append(float(torch.nn.functional.cosine_similarity(
+                        grads[a].double(), grads[b_].double(), dim=0)))
             before = _losses(model, run, batches, tasks)
             saved = [p.detach().clone() for p in shared]
             for a in tasks:
