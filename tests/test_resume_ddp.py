@@ -27,6 +27,14 @@ def final_eval(run_dir: Path) -> dict:
     return {k: v for k, v in evals[-1].items() if k != "time"}
 
 
+def train_two_processes(cfg: Path) -> subprocess.CompletedProcess:
+    """``polytask train cfg`` as a 2-process ``accelerate launch`` on CPU (gloo)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "polytask", "train", str(cfg)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
 def polytask_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "polytask", *args]
 
@@ -76,10 +84,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, toy_config):
 def test_two_process_ddp_on_cpu(tmp_path, toy_config):
     data = toy_config(["classification", "token"], n_train=32, n_eval=8, train={"epochs": 2})
     cfg = write_config(tmp_path, data, "ddp")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "polytask", "train", str(cfg)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    r = train_two_processes(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     # global batch = 2 processes x 8: 32/16 = 2 batches per task, 4 per epoch, 8 steps in 2 epochs
     # (a single process would take 16 steps)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import polytask
 from polytask.errors import UserError
 from polytask.weighting import WEIGHTINGS, StepContext
 
-from .test_resume_ddp import ENV, final_eval, write_config
+from .test_resume_ddp import final_eval, train_two_processes, write_config
 
 METHODS = sorted(WEIGHTINGS)
 
@@ -109,10 +107,7 @@ def test_method_runs_under_two_process_ddp(method, tmp_path, toy_config):
     data = toy_config(["classification", "token"], n_train=32, n_eval=8,
                       train=method_train(method, epochs=1, grad_accum=2, batch_size=4))
     cfg = write_config(tmp_path, data, "ddp")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "polytask", "train", str(cfg)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    r = train_two_processes(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     state = json.loads((Path(data["train"]["output_dir"]) / "last" / "training_state" /
                         "trainer_state.json").read_text())

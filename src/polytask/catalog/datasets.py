@@ -52,6 +52,24 @@ class BuiltinDataset:
 DATASETS: Registry[BuiltinDataset] = Registry("built-in dataset")
 
 
+def carve_validation(train: Rows, test: Rows, size: int, seed: int = 13) -> dict[str, Rows]:
+    """For a source that ships train and test only: drop repeated train texts and train texts found in test,
+    then ``size`` rows chosen by a seeded shuffle become validation; test is kept as it is."""
+    test_texts = {r["text"] for _, r in test}
+    seen: set[str] = set()
+    kept = []
+    for where, rec in train:
+        if rec["text"] in test_texts or rec["text"] in seen:
+            continue
+        seen.add(rec["text"])
+        kept.append((where, rec))
+    order = list(range(len(kept)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:size])
+    return {"train": [r for i, r in enumerate(kept) if i not in val_idx],
+            "validation": [r for i, r in enumerate(kept) if i in val_idx], "test": test}
+
+
 class Atis(BuiltinDataset):
     """ATIS flight-booking utterances: intents (multi-label where joined by ';') and BIO slot tags per word.
 
@@ -76,24 +94,7 @@ class Atis(BuiltinDataset):
     @cache  # noqa: B019 - one instance per process; the parsed splits are reused by every task
     def splits(self) -> dict[str, Rows]:
         folder = self.folder()
-        train_dev = self._read(folder / "train_dev")
-        test = self._read(folder / "test")
-        test_texts = {r["text"] for _, r in test}
-        seen: set[str] = set()
-        kept = []
-        for where, rec in train_dev:
-            if rec["text"] in test_texts or rec["text"] in seen:
-                continue
-            seen.add(rec["text"])
-            kept.append((where, rec))
-        order = list(range(len(kept)))
-        random.Random(13).shuffle(order)
-        val_idx = set(order[: self.VALIDATION_SIZE])
-        return {
-            "train": [r for i, r in enumerate(kept) if i not in val_idx],
-            "validation": [r for i, r in enumerate(kept) if i in val_idx],
-            "test": test,
-        }
+        return carve_validation(self._read(folder / "train_dev"), self._read(folder / "test"), self.VALIDATION_SIZE)
 
     @staticmethod
     def _read(path) -> Rows:
@@ -282,21 +283,8 @@ class MsraNer(BuiltinDataset):
     @cache  # noqa: B019 - one instance per process
     def splits(self) -> dict[str, Rows]:
         folder = self.folder() / "data"
-        train = self._read(folder / "msra_train.txt")
-        test = self._read(folder / "msra_test.txt")
-        test_texts = {r["text"] for _, r in test}
-        seen: set[str] = set()
-        kept = []
-        for where, rec in train:
-            if rec["text"] in test_texts or rec["text"] in seen:
-                continue
-            seen.add(rec["text"])
-            kept.append((where, rec))
-        order = list(range(len(kept)))
-        random.Random(13).shuffle(order)
-        val_idx = set(order[: self.VALIDATION_SIZE])
-        return {"train": [r for i, r in enumerate(kept) if i not in val_idx],
-                "validation": [r for i, r in enumerate(kept) if i in val_idx], "test": test}
+        return carve_validation(self._read(folder / "msra_train.txt"), self._read(folder / "msra_test.txt"),
+                                self.VALIDATION_SIZE)
 
     def _read(self, path) -> Rows:
         if not path.is_file():
