@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("script", ["train_speed", "loop_overhead", "infer_speed", "precision", "char_alignment",
-                                    "weighting_overhead"])
+                                    "weighting_overhead", "weighting_methods", "adversarial"])
 def test_bench_quick(script):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick"], capture_output=True,
                           text=True, timeout=600, cwd=ROOT)

@@ -264,6 +264,13 @@ def test_chinese_paths_data_predictions_and_reports_stay_utf8(tmp_path, tiny_enc
     assert main(["predict", str(run / "best"), "--input", str(inp), "--output", str(out)]) == 0
     raw = out.read_text(encoding="utf-8")
     assert text in raw and "\\u" not in raw
+    # robustness: Chinese tasks get the character noises, and the character tags stay aligned
+    assert main(["robustness", str(run), "--rate", "0.2"]) == 0
+    result = json.loads((run / "robustness" / "robustness.json").read_text(encoding="utf-8"))
+    for name in ("实体", "情感"):
+        assert result["tasks"][name]["language"] == "zh"
+        assert set(result["tasks"][name]["noises"]) == {"char_drop", "char_swap", "char_duplicate"}
+    assert "实体" in (run / "robustness" / "robustness.md").read_text(encoding="utf-8")
 
 
 def test_chinese_example_trains_and_predicts_with_the_real_encoder(tmp_path, e5_folder, capsys):

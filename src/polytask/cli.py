@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config entry (repeatable)")
     a.set_defaults(func=cmd_affinity)
 
+    rb = sub.add_parser("robustness", help="test metrics clean and under typos, casing, punctuation, whitespace and "
+                                           "dropped-word noise (dropped/swapped/duplicated characters for Chinese)")
+    rb.add_argument("run", help="run folder (its best/ checkpoint is used) or checkpoint folder")
+    rb.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    rb.add_argument("--rate", type=float, default=0.1,
+                    help="probability that a word (Chinese: a character) is hit by the noise (default 0.1)")
+    rb.add_argument("--noise", help="comma-separated noises (default: all; see the README for the list)")
+    rb.add_argument("--seed", type=int, default=0, help="noise seed (the same seed draws the same noise)")
+    rb.add_argument("--max-samples", type=int, help="score only the first N examples per task")
+    rb.add_argument("--output", help="folder for robustness.{json,md,png} (default: <run>/robustness)")
+    rb.add_argument("--batch-size", type=int, default=64)
+    rb.add_argument("--json", action="store_true", help="print the results as JSON")
+    rb.set_defaults(func=cmd_robustness)
+
     d = sub.add_parser("datasets", help="list built-in datasets")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
@@ -134,6 +148,33 @@ def cmd_evaluate(args) -> int:
             print(f"  {name} [{typ}]: {shown}")
         print(f"  mean of main metrics: {results['mean']:.4f}")
         print(f"reports: {json_path}, {md_path}")
+    return 0
+
+
+def cmd_robustness(args) -> int:
+    from polytask.predict import Predictor, checkpoint_dir
+    from polytask.robustness import robustness, write_outputs
+
+    ckpt = checkpoint_dir(args.run)
+    if args.max_samples is not None and args.max_samples < 1:
+        raise UserError(f"--max-samples must be at least 1, got {args.max_samples}")
+    noises = [n.strip() for n in args.noise.split(",") if n.strip()] if args.noise else None
+    predictor = Predictor(ckpt)
+    result = robustness(predictor, args.split, noises, args.rate, args.seed, args.batch_size, args.max_samples,
+                        progress=sys.stderr.isatty())
+    out_dir = Path(args.output) if args.output else (ckpt.parent if ckpt.name in ("best", "last") else ckpt) / \
+        "robustness"
+    paths = write_outputs(result, out_dir)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{args.split} robustness ({ckpt}, rate {args.rate}):")
+    for name, e in result["tasks"].items():
+        print(f"  {name} [{e['metric']}]: clean {100 * e['clean']:.2f}  noisy {100 * e['noisy']:.2f}  "
+              f"drop {100 * e['drop']:.2f} ({100 * e['relative_drop']:.1f}%)")
+        shown = "  ".join(f"{n}={100 * v:.2f}" for n, v in e["noises"].items())
+        print(f"    {shown}")
+    print(f"reports: {paths['json']}, {paths['md']}, {paths['png']}")
     return 0
 
 

@@ -102,6 +102,34 @@ class WeightingConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """``train.adversarial:`` — adversarial training on word embeddings. ``method`` (none, fgm, pgd, freelb,
+    smart), ``tasks`` (the tasks trained adversarially; default: all) plus that method's options."""
+
+    method: str = "none"
+    tasks: list[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> AdversarialConfig:
+        if isinstance(data, str) or data is None:
+            data = {"method": data or "none"}
+        if not isinstance(data, dict):
+            raise UserError(f"config key '{path}' must be a mapping like {{method: fgm, epsilon: 1.0}}, got {data!r}")
+        data = dict(data)
+        method = data.pop("method", "none")
+        if not isinstance(method, str):
+            raise UserError(f"config key '{path}.method' must be a string, got {method!r}")
+        tasks = data.pop("tasks", None)
+        if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
+            raise UserError(f"config key '{path}.tasks' must be a list of task names, got {tasks!r}")
+        return cls(method=method, tasks=tasks, options=data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "tasks": self.tasks, **self.options}
+
+
+@dataclass
 class TrainConfig:
     """``train:`` section — optimisation, sampling, validation and checkpointing."""
 
@@ -127,6 +155,7 @@ class TrainConfig:
     seed: int = 42
     precision: Literal["fp32", "bf16"] = "fp32"
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     tensorboard: bool = True
     progress: bool = True  # progress bars
 
@@ -142,6 +171,7 @@ class Config:
     def validate(self) -> Config:
         """Check the combinations that types alone can't; raise UserError naming the key."""
         # Imported here: the registries import config-free modules only, but keep config importable alone.
+        from polytask.adversarial import ADVERSARIAL
         from polytask.catalog.datasets import DATASETS
         from polytask.tasks import TASK_TYPES
         from polytask.weighting import WEIGHTINGS
@@ -230,11 +260,27 @@ class Config:
         if method.needs_all_tasks and tr.sampling != "all_tasks" and len(self.tasks) > 1:
             raise UserError(f"config key 'train.weighting.method': {tr.weighting.method} needs every task's loss "
                             "at each step; set train.sampling: all_tasks (one batch of every task per step)")
+        adv = tr.adversarial
+        if adv.method != "none":
+            ADVERSARIAL.get(adv.method, where="config key 'train.adversarial.method'")\
+                .check_options(adv.options, "train.adversarial")
+        elif adv.options or adv.tasks:
+            raise UserError("config key 'train.adversarial' has options but no method; set "
+                            "train.adversarial.method to one of: " + ", ".join(ADVERSARIAL.names()))
+        for t in adv.tasks or []:
+            if t not in self.tasks:
+                _bad("train.adversarial.tasks", adv.tasks, "names of configured tasks (" + ", ".join(self.tasks) + ")")
+        if adv.tasks is not None and not adv.tasks:
+            _bad("train.adversarial.tasks", adv.tasks, "null (every task) or a non-empty list of task names")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"]["weighting"] = self.train.weighting.to_dict()
+        if self.train.adversarial.method == "none" and not self.train.adversarial.tasks:
+            del d["train"]["adversarial"]  # off: configs (and saved checkpoints) read as before adversarial existed
+        else:
+            d["train"]["adversarial"] = self.train.adversarial.to_dict()
         return d
 
     @classmethod

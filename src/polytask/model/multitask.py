@@ -69,6 +69,11 @@ class MultiTaskModel(nn.Module):
                 out[name] = self.heads[name](pooled)  # [B, C]
         return out
 
+    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's word embeddings of ``input_ids`` ([B, T] -> [B, T, H]), from its own
+        ``get_input_embeddings()`` module; ``forward(..., inputs_embeds=...)`` takes them (perturbed) back."""
+        return self.encoder.get_input_embeddings()(input_ids)
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """Trainable encoder parameters (what gradient-surgery weighting methods act on)."""
         return [p for p in self.encoder.parameters() if p.requires_grad]

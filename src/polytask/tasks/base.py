@@ -129,6 +129,11 @@ class TaskType:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """How far apart two outputs of this head are (smoothness regularisers such as SMART); ``labels``
+        only tell which positions count. Each side gets the gradient of its own term only."""
+        raise NotImplementedError
+
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[Any]:
         """Predictions for a batch, in the user-facing format (one entry per example)."""
         raise NotImplementedError
@@ -142,6 +147,15 @@ class TaskType:
 
     def load_spec(self, spec: dict[str, Any]) -> None:
         """Restore what ``spec`` stored beyond the labels (a checkpoint is being loaded)."""
+
+
+def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``KL(q || p) + KL(p || q)`` between the softmax distributions of logits ``a`` and ``b`` ([N, C]), mean
+    over rows; each term's target side is detached, as in SMART's reference implementation."""
+    la, lb = torch.log_softmax(a.float(), -1), torch.log_softmax(b.float(), -1)
+    kl = torch.nn.functional.kl_div
+    return kl(la, lb.detach(), reduction="batchmean", log_target=True) + kl(lb, la.detach(), reduction="batchmean",
+                                                                           log_target=True)
 
 
 TASK_TYPES: Registry[type[TaskType]] = Registry("task type")

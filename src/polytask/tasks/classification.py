@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from polytask.errors import UserError
-from polytask.tasks.base import TASK_TYPES, TaskType
+from polytask.tasks.base import TASK_TYPES, TaskType, symmetric_kl
 
 
 @TASK_TYPES.register("classification")
@@ -41,6 +41,9 @@ class Classification(TaskType):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels)  # logits [B, C], labels [B]
+
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return symmetric_kl(a, b)  # [B, C]
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
         probs = logits.float().softmax(-1)  # [B, C]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.metrics import classification_report, f1_score
 
 from polytask.errors import UserError
-from polytask.tasks.base import TASK_TYPES, TaskType
+from polytask.tasks.base import TASK_TYPES, TaskType, symmetric_kl
 
 
 @TASK_TYPES.register("multilabel_classification")
@@ -54,6 +54,14 @@ class MultiLabelClassification(TaskType):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # each label is a Bernoulli variable: logits x -> two-class logits [log sigmoid(x), log sigmoid(-x)]
+        def two(x):
+            x = x.float().reshape(-1, 1)
+            return torch.cat([F.logsigmoid(x), F.logsigmoid(-x)], -1)  # [B*C, 2]
+
+        return symmetric_kl(two(a), two(b)) * a.shape[-1]  # summed over labels, mean over examples
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
         probs = logits.float().sigmoid()  # [B, C]

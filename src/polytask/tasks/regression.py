@@ -52,6 +52,9 @@ class Regression(TaskType):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits.float().squeeze(-1), labels)  # logits [B, 1] -> [B]
 
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(a.float(), b.float())
+
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, float]]:
         return [{"value": round(float(v), 6)} for v in logits.float().squeeze(-1)]
 

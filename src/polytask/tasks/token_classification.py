@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from polytask.errors import NotSupportedError, UserError
-from polytask.tasks.base import IGNORE_INDEX, TASK_TYPES, Example, TaskType
+from polytask.tasks.base import IGNORE_INDEX, TASK_TYPES, Example, TaskType, symmetric_kl
 from polytask.tasks.spans import detect_scheme, extract_spans, scheme_tags, span_scores, spans_to_tags
 
 
@@ -193,6 +193,10 @@ class TokenClassification(TaskType):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # logits [B, T, C] -> [B*T, C]; labels [B, T] -> [B*T]; IGNORE_INDEX rows are skipped
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        keep = labels.flatten() != IGNORE_INDEX  # labelled positions: the first token of each word / char
+        return symmetric_kl(a.flatten(0, 1)[keep], b.flatten(0, 1)[keep])
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
         pred_ids = logits.argmax(-1).tolist()  # [B, T]

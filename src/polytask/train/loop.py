@@ -26,6 +26,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from polytask.adversarial import Perturbable
 from polytask.config import Config
 from polytask.data.features import collate, stack_batches, to_device
 from polytask.errors import UserError
@@ -151,9 +152,15 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
             names = [task for task, _ in group]
-            logits = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], tasks=names)
-            losses = {task: run.tasks[task].loss(logits[task][sl], batch["labels"].to(accelerator.device))
-                      for task, batch, sl in zip(names, batches, rows)}
+            adversarial = [t for t in names if run.adversarial is not None and t in run.adversarial.tasks]
+            if adversarial:
+                objective, clean = run.adversarial.objective(perturbable(accelerator, model, run, inputs, batches,
+                                                                         names, rows, adversarial))
+            else:
+                logits = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], tasks=names)
+                objective = clean = {task: run.tasks[task].loss(logits[task][sl],
+                                                                batch["labels"].to(accelerator.device))
+                                     for task, batch, sl in zip(names, batches, rows)}
 
             def backward(loss: torch.Tensor, **kwargs: Any) -> None:
                 accelerator.backward(loss / len(groups), **kwargs)  # mean over the window's groups
@@ -162,10 +169,32 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
                               scale=1.0 / len(groups), synced=last or accelerator.num_processes == 1,
                               all_reduce_mean=lambda t: all_reduce_mean(accelerator, t), epoch=epoch,
                               last_layer_parameters=unwrapped.last_layer_parameters)
-            run.weighting.backward(losses, ctx)
-        for task, loss in losses.items():
+            run.weighting.backward(objective, ctx)
+        for task, loss in clean.items():  # the clean loss: comparable with and without adversarial training
             seen[task] = float(loss.detach())
     return seen
+
+
+def perturbable(accelerator: Accelerator, model, run: Run, inputs: dict[str, Any], batches: list[dict[str, Any]],
+                names: list[str], rows: list[slice], adversarial: list[str]) -> Perturbable:
+    """The group's batch for an adversarial method: word embeddings looked up by the encoder's own module,
+    the bare model for the ascent forwards, the training model (DDP, autocast) for the final one."""
+    unwrapped = accelerator.unwrap_model(model)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    types = inputs.get("token_type_ids")
+    types = torch.zeros_like(ids) if types is None else types
+
+    def bare(embeds, m, tt, tasks):
+        with accelerator.autocast():
+            return unwrapped(None, m, tt, tasks=tasks, inputs_embeds=embeds)
+
+    def trained(embeds, m, tt, tasks):
+        return model(None, m, tt, tasks=tasks, inputs_embeds=embeds)
+
+    return Perturbable(embeds=unwrapped.input_embeddings(ids), mask=mask, token_type_ids=types,
+                       slices=dict(zip(names, rows)), adversarial=adversarial,
+                       labels={t: b["labels"].to(accelerator.device) for t, b in zip(names, batches)},
+                       tasks=run.tasks, bare_forward=bare, train_forward=trained)
 
 
 def check_processes_agree(accelerator: Accelerator, model, run: Run) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from polytask.adversarial import ADVERSARIAL, Adversarial
 from polytask.catalog.encoders import resolve_encoder
 from polytask.config import Config
 from polytask.data.features import TaskData, prepare_task_data
@@ -36,6 +37,7 @@ class Run:
     scheduler: Any
     plan: MultiTaskBatchPlan
     weighting: Weighting
+    adversarial: Adversarial | None  # None: train.adversarial.method is none
     epochs: int  # epochs to run (derived from max_steps when set)
     total_steps: int  # optimizer steps in the whole run
     steps_per_epoch: int
@@ -69,5 +71,7 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     scheduler = build_scheduler(optimizer, tc, total_steps)
     weighting = WEIGHTINGS.get(tc.weighting.method)({n: t.weight for n, t in config.tasks.items()},
                                                     tc.weighting.options)
-    return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, weighting, epochs, total_steps,
-               steps_per_epoch)
+    adv = tc.adversarial
+    adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
+    return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, weighting, adversarial, epochs,
+               total_steps, steps_per_epoch)

@@ -1,0 +1,194 @@
+"""Adversarial training: clean metric, noisy metric and the noise drop per method, plus step-time cost.
+
+Quality. For one example config on a reduced budget (the first ``--train-samples`` training examples of each
+task, ``--eval-samples`` validation / test examples, ``--epochs``), per seed and per method (none, fgm, pgd,
+freelb, smart, each with its default options) it trains a model, then runs ``polytask robustness`` on the
+test split (rate ``--rate``, noise seed 0): ``clean`` is the mean over tasks of each task's main metric,
+``noisy`` the same under noise (mean over the noises that apply), ``drop`` = clean − noisy, in points.
+``drop cut`` is how much smaller a method's drop is than no adversarial training's (mean over seeds; the
+issue's goal: ≥ 30 %), ``clean cost`` how many points of clean metric it gives up (goal: ≤ 0.5).
+
+Speed. In the same process, one model and one plan: rounds alternate the methods (and their order), each
+running the same full training steps; each method's median seconds per step is compared with no
+adversarial training's. ``ratio`` = none's step time / the slowest method's.
+
+Finished runs keep ``result.json`` under ``--output`` and are reused when their config is unchanged.
+
+    python bench/adversarial.py --example atis --seeds 3
+    python bench/adversarial.py --example english3 --seeds 3
+    python bench/adversarial.py --quick           # atis, none + fgm, 1 seed, a few steps
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, example_config, machine, parser, ratio_line, setup_threads
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--example", default=None, help="example config (default atis)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: none and every method)")
+    p.add_argument("--train-samples", type=int, default=None, help="training examples per task (default 1024)")
+    p.add_argument("--eval-samples", type=int, default=None, help="validation / test examples per task (500)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the example's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config override, e.g. --set model.max_length=64 (repeatable)")
+    p.add_argument("--rate", type=float, default=0.1, help="noise rate of the robustness suite")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 4; --quick: 1)")
+    p.add_argument("--output", default=None, help="folder for the runs (default runs/bench-adversarial/<example>)")
+    args = p.parse_args()
+    setup_threads(args.threads)
+    from polytask.adversarial import ADVERSARIAL
+    from polytask.compare.runner import mean_std
+
+    example = args.example or "atis"
+    seeds_n = args.seeds or (1 if args.quick else 3)
+    methods = args.methods.split(",") if args.methods else (["none", "fgm"] if args.quick
+                                                             else ["none", *sorted(ADVERSARIAL.names())])
+    for m in methods:
+        if m != "none":
+            ADVERSARIAL.get(m, where="--methods")
+    if "none" not in methods:
+        methods.insert(0, "none")
+    train_n = args.train_samples or (16 if args.quick else 1024)
+    eval_n = args.eval_samples or (16 if args.quick else 500)
+    if args.output:
+        out = Path(args.output)
+    elif args.quick:  # a fresh folder: a quick run never reuses an earlier one
+        out = Path(tempfile.mkdtemp(prefix="bench-adversarial-"))
+    else:
+        out = ROOT / "runs" / "bench-adversarial" / example
+    probe = example_config(example, [], out / "probe")
+    overrides = []
+    for t in probe.tasks:
+        overrides += [f"tasks.{t}.max_train_samples={train_n}", f"tasks.{t}.max_eval_samples={eval_n}"]
+    if args.epochs:
+        overrides.append(f"train.epochs={args.epochs}")
+    overrides += args.overrides
+    if args.quick:
+        overrides += ["train.batch_size=8", "train.epochs=1"]
+    print(f"machine: {machine()}")
+    base = example_config(example, overrides, out / "unused")
+    seeds = [base.train.seed + i for i in range(seeds_n)]
+    print(f"{example}: tasks {', '.join(base.tasks)}; {train_n} training / {eval_n} test examples per task, "
+          f"{base.train.epochs} epochs, batch {base.train.batch_size}, noise rate {args.rate}, seeds {seeds}")
+
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    for seed in seeds:
+        for m in methods:
+            res = run_one(base, m, seed, out / f"seed{seed}" / m, args.rate)
+            results[m].append(res)
+            shown = "  ".join(f"{t}={e['clean'] * 100:.2f}/{e['noisy'] * 100:.2f}" for t, e in res["tasks"].items())
+            took = "reused" if res.get("reused") else f"{res['train_seconds']:.0f} s"
+            print(f"seed {seed} {m}: clean/noisy {shown}  ({took})", flush=True)
+
+    timing = step_times(example, overrides, methods, args.rounds or (1 if args.quick else 4),
+                        1 if args.quick else 3)
+
+    def summary(rs: list[dict], key: str) -> list[float]:
+        return [100 * sum(e[key] for e in r["tasks"].values()) / len(r["tasks"]) for r in rs]
+
+    none_clean, none_drop = summary(results["none"], "clean"), summary(results["none"], "drop")
+    rows = []
+    print()
+    print("| method | clean | noisy | drop | drop cut | clean cost | step time vs none |")
+    print("|---|---|---|---|---|---|---|")
+    for m in methods:
+        clean, noisy, drop = (summary(results[m], k) for k in ("clean", "noisy", "drop"))
+        cut = [1 - d / nd if nd else float("nan") for d, nd in zip(drop, none_drop)]  # paired by seed
+        cost = [nc - c for c, nc in zip(clean, none_clean)]
+        row = {"method": m, "clean": mean_std(clean), "noisy": mean_std(noisy), "drop": mean_std(drop),
+               "drop_cut": mean_std(cut), "clean_cost": mean_std(cost), "step_ratio": timing[m] / timing["none"]}
+        rows.append(row)
+        f = "{0[0]:.2f} ± {0[1]:.2f}".format
+        extra = ("—", "—") if m == "none" else (f"{100 * row['drop_cut'][0]:+.0f}% ± {100 * row['drop_cut'][1]:.0f}",
+                                                 f"{row['clean_cost'][0]:+.2f} ± {row['clean_cost'][1]:.2f}")
+        print(f"| {m} | {f(row['clean'])} | {f(row['noisy'])} | {f(row['drop'])} | {extra[0]} | {extra[1]} | "
+              f"{row['step_ratio']:.2f}x |")
+    print()
+    winners = [r for r in rows if r["method"] != "none" and r["drop_cut"][0] >= 0.30 and r["clean_cost"][0] <= 0.5]
+    if winners:
+        best = max(winners, key=lambda r: r["drop_cut"][0])
+        print(f"goal met by {', '.join(r['method'] for r in winners)}; best {best['method']}: drop cut "
+              f"{100 * best['drop_cut'][0]:.0f}%, clean cost {best['clean_cost'][0]:+.2f} pt, "
+              f"{best['step_ratio']:.2f}x step time")
+    else:
+        best = max((r for r in rows if r["method"] != "none"), key=lambda r: r["drop_cut"][0])
+        print(f"goal (drop cut >= 30% at <= 0.5 pt clean cost) not met; largest drop cut: {best['method']} "
+              f"{100 * best['drop_cut'][0]:+.0f}% at clean cost {best['clean_cost'][0]:+.2f} pt")
+    (out / "adversarial.json").write_text(json.dumps({"example": example, "seeds": seeds, "rows": rows,
+                                                      "timing": timing}, indent=2), encoding="utf-8")
+    print(ratio_line(timing["none"] / max(timing.values())))
+
+
+def run_one(base, method: str, seed: int, folder: Path, rate: float) -> dict:
+    """Train one (method, seed) model and measure its robustness; reuse a finished run with the same config."""
+    from polytask.config import Config
+    from polytask.predict import Predictor
+    from polytask.robustness import robustness
+    from polytask.train.loop import train
+
+    d = base.to_dict()
+    d["train"]["seed"] = seed
+    d["train"]["output_dir"] = str(folder)
+    d["train"]["adversarial"] = {"method": method}
+    cfg = Config.from_dict(d).validate()
+    wanted = {"config": cfg.to_dict(), "rate": rate}
+    path = folder / "result.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("key") == wanted:
+            return {**old, "reused": True}
+    start = time.perf_counter()
+    res = train(cfg, overwrite=True)
+    seconds = time.perf_counter() - start
+    rob = robustness(Predictor(res.best_dir), "test", rate=rate, seed=0, progress=False)
+    out = {"key": wanted, "tasks": rob["tasks"], "train_seconds": round(seconds, 1), "steps": res.global_step}
+    for sub in ("best", "last"):  # ~250 MB each; the scores are in result.json
+        shutil.rmtree(folder / sub, ignore_errors=True)
+    path.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    return out
+
+
+def step_times(example: str, overrides: list[str], methods: list[str], rounds: int, steps: int) -> dict[str, float]:
+    """Median seconds per full training step of each method, measured side by side on one model."""
+
+    from accelerate import Accelerator
+
+    from polytask.adversarial import ADVERSARIAL
+    from polytask.train.loop import train_step
+    from polytask.train.setup import build_run
+
+    config = example_config(example, overrides, Path(tempfile.mkdtemp(prefix="bench-adv-")) / "run")
+    run = build_run(config)
+    acc = Accelerator(cpu=True, mixed_precision="bf16" if config.train.precision == "bf16" else "no")
+    model, optimizer = acc.prepare(run.model, run.optimizer)
+    model.train()
+    instances = {m: None if m == "none" else ADVERSARIAL.get(m)({}, list(config.tasks)) for m in methods}
+    plan = run.plan.epoch(0)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(-1, rounds):  # round -1 warms up and is not timed
+        order = methods if r % 2 == 0 else list(reversed(methods))
+        batches = [plan[((r + 1) * steps + s) % len(plan)] for s in range(steps)]  # the same for every method
+        for m in order:
+            run.adversarial = instances[m]
+            start = time.perf_counter()
+            for b in batches:
+                train_step(acc, model, run, [b], step=0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if r >= 0:
+                times[m].append((time.perf_counter() - start) / steps)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+if __name__ == "__main__":
+    main()
