@@ -160,7 +160,6 @@ def run_one(base, method: str, seed: int, folder: Path, rate: float) -> dict:
 
 def step_times(example: str, overrides: list[str], methods: list[str], rounds: int, steps: int) -> dict[str, float]:
     """Median seconds per full training step of each method, measured side by side on one model."""
-
     from accelerate import Accelerator
 
     from polytask.adversarial import ADVERSARIAL

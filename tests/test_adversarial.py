@@ -213,3 +213,15 @@ def test_config_errors_name_the_key(toy_config, build_config):
         build_config(toy_config(["classification"], train={"adversarial": {"method": "fgm", "tasks": ["nope"]}}))
     with pytest.raises(UserError, match="has options but no method"):
         build_config(toy_config(["classification"], train={"adversarial": {"epsilon": 1.0}}))
+
+
+def test_compare_variants_keep_adversarial_training_only_for_their_task(toy_config, build_config, tmp_path):
+    from polytask.compare.runner import variant_config
+
+    cfg = build_config(toy_config(["classification", "token"], train={"adversarial": adv("fgm", tasks=["token"])}))
+    single_token = variant_config(cfg, "single", "token", 1, tmp_path / "a")
+    single_cls = variant_config(cfg, "single", "classification", 1, tmp_path / "b")
+    multi = variant_config(cfg, "multi", None, 1, tmp_path / "c")
+    assert single_token.train.adversarial.method == "fgm" and single_token.train.adversarial.tasks == ["token"]
+    assert single_cls.train.adversarial.method == "none"
+    assert multi.train.adversarial.tasks == ["token"]

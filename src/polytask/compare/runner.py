@@ -59,6 +59,11 @@ def variant_config(base: Config, kind: str, task: str | None, seed: int, out: Pa
         es = d["train"]["early_stopping"]
         if es["metric"] not in ("mean", "loss") and es["metric"].split(".", 1)[0] != task:
             es["metric"] = "mean"  # the config's metric names another task; one task's mean is its main metric
+        adv = d["train"].get("adversarial")
+        if adv and adv.get("tasks") is not None:  # adversarial training of listed tasks: only those in this model
+            adv["tasks"] = [t for t in adv["tasks"] if t == task]
+            if not adv["tasks"]:
+                d["train"]["adversarial"] = {"method": "none"}
     if kind == "probe":
         d["model"]["freeze"] = "encoder"
         if probe_lr is not None:
