@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from common import ROOT, example_config, machine, parser, ratio_line, setup_threads
 
 
@@ -43,6 +44,8 @@ def main() -> None:
                    help="any other config override, e.g. --set model.max_length=64 (repeatable)")
     p.add_argument("--rate", type=float, default=0.1, help="noise rate of the robustness suite")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 4; --quick: 1)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option for every adversarial method, e.g. --option epsilon=0.2 (repeatable)")
     p.add_argument("--output", default=None, help="folder for the runs (default runs/bench-adversarial/<example>)")
     args = p.parse_args()
     setup_threads(args.threads)
@@ -53,9 +56,13 @@ def main() -> None:
     seeds_n = args.seeds or (1 if args.quick else 3)
     methods = args.methods.split(",") if args.methods else (["none", "fgm"] if args.quick
                                                              else ["none", *sorted(ADVERSARIAL.names())])
+    options = {}
+    for item in args.options:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
     for m in methods:
         if m != "none":
-            ADVERSARIAL.get(m, where="--methods")
+            ADVERSARIAL.get(m, where="--methods").check_options(options, "--option")
     if "none" not in methods:
         methods.insert(0, "none")
     train_n = args.train_samples or (16 if args.quick else 1024)
@@ -84,14 +91,14 @@ def main() -> None:
     results: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
         for m in methods:
-            res = run_one(base, m, seed, out / f"seed{seed}" / m, args.rate)
+            res = run_one(base, m, seed, out / f"seed{seed}" / m, args.rate, options)
             results[m].append(res)
             shown = "  ".join(f"{t}={e['clean'] * 100:.2f}/{e['noisy'] * 100:.2f}" for t, e in res["tasks"].items())
             took = "reused" if res.get("reused") else f"{res['train_seconds']:.0f} s"
             print(f"seed {seed} {m}: clean/noisy {shown}  ({took})", flush=True)
 
     timing = step_times(example, overrides, methods, args.rounds or (1 if args.quick else 4),
-                        1 if args.quick else 3)
+                        1 if args.quick else 3, options)
 
     def summary(rs: list[dict], key: str) -> list[float]:
         return [100 * sum(e[key] for e in r["tasks"].values()) / len(r["tasks"]) for r in rs]
@@ -129,8 +136,9 @@ def main() -> None:
     print(ratio_line(timing["none"] / max(timing.values())))
 
 
-def run_one(base, method: str, seed: int, folder: Path, rate: float) -> dict:
+def run_one(base, method: str, seed: int, folder: Path, rate: float, options: dict) -> dict:
     """Train one (method, seed) model and measure its robustness; reuse a finished run with the same config."""
+    from polytask.adversarial import ADVERSARIAL
     from polytask.config import Config
     from polytask.predict import Predictor
     from polytask.robustness import robustness
@@ -139,9 +147,10 @@ def run_one(base, method: str, seed: int, folder: Path, rate: float) -> dict:
     d = base.to_dict()
     d["train"]["seed"] = seed
     d["train"]["output_dir"] = str(folder)
-    d["train"]["adversarial"] = {"method": method}
+    d["train"]["adversarial"] = {"method": method, **(options if method != "none" else {})}
     cfg = Config.from_dict(d).validate()
-    wanted = {"config": cfg.to_dict(), "rate": rate}
+    wanted = {"config": cfg.to_dict(), "rate": rate, "options": ADVERSARIAL.get(method).options if method != "none"
+              else {}}  # the defaults too: a changed default is a different run
     path = folder / "result.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -158,7 +167,8 @@ def run_one(base, method: str, seed: int, folder: Path, rate: float) -> dict:
     return out
 
 
-def step_times(example: str, overrides: list[str], methods: list[str], rounds: int, steps: int) -> dict[str, float]:
+def step_times(example: str, overrides: list[str], methods: list[str], rounds: int, steps: int,
+               options: dict) -> dict[str, float]:
     """Median seconds per full training step of each method, measured side by side on one model."""
     from accelerate import Accelerator
 
@@ -171,7 +181,7 @@ def step_times(example: str, overrides: list[str], methods: list[str], rounds: i
     acc = Accelerator(cpu=True, mixed_precision="bf16" if config.train.precision == "bf16" else "no")
     model, optimizer = acc.prepare(run.model, run.optimizer)
     model.train()
-    instances = {m: None if m == "none" else ADVERSARIAL.get(m)({}, list(config.tasks)) for m in methods}
+    instances = {m: None if m == "none" else ADVERSARIAL.get(m)(options, list(config.tasks)) for m in methods}
     plan = run.plan.epoch(0)
     times: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(-1, rounds):  # round -1 warms up and is not timed
