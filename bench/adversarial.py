@@ -29,31 +29,24 @@ import time
 from pathlib import Path
 
 import yaml
-from common import ROOT, example_config, machine, parser, ratio_line, setup_threads
+from common import add_budget_args, budget, example_config, machine, parser, ratio_line, setup_threads
 
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--example", default=None, help="example config (default atis)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: none and every method)")
-    p.add_argument("--train-samples", type=int, default=None, help="training examples per task (default 1024)")
-    p.add_argument("--eval-samples", type=int, default=None, help="validation / test examples per task (500)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the example's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config override, e.g. --set model.max_length=64 (repeatable)")
     p.add_argument("--rate", type=float, default=0.1, help="noise rate of the robustness suite")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 4; --quick: 1)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an option for every adversarial method, e.g. --option epsilon=0.2 (repeatable)")
-    p.add_argument("--output", default=None, help="folder for the runs (default runs/bench-adversarial/<example>)")
+    add_budget_args(p, "bench-adversarial")
     args = p.parse_args()
     setup_threads(args.threads)
     from polytask.adversarial import ADVERSARIAL
     from polytask.compare.runner import mean_std
 
     example = args.example or "atis"
-    seeds_n = args.seeds or (1 if args.quick else 3)
     methods = args.methods.split(",") if args.methods else (["none", "fgm"] if args.quick
                                                              else ["none", *sorted(ADVERSARIAL.names())])
     options = {}
@@ -65,25 +58,9 @@ def main() -> None:
             ADVERSARIAL.get(m, where="--methods").check_options(options, "--option")
     if "none" not in methods:
         methods.insert(0, "none")
-    train_n = args.train_samples or (16 if args.quick else 1024)
-    eval_n = args.eval_samples or (16 if args.quick else 500)
-    if args.output:
-        out = Path(args.output)
-    elif args.quick:  # a fresh folder: a quick run never reuses an earlier one
-        out = Path(tempfile.mkdtemp(prefix="bench-adversarial-"))
-    else:
-        out = ROOT / "runs" / "bench-adversarial" / example
-    probe = example_config(example, [], out / "probe")
-    overrides = []
-    for t in probe.tasks:
-        overrides += [f"tasks.{t}.max_train_samples={train_n}", f"tasks.{t}.max_eval_samples={eval_n}"]
-    if args.epochs:
-        overrides.append(f"train.epochs={args.epochs}")
-    overrides += args.overrides
-    if args.quick:
-        overrides += ["train.batch_size=8", "train.epochs=1"]
+    out, overrides, base = budget(args, example, "bench-adversarial", [])
+    train_n, eval_n, seeds_n = args.train_samples, args.eval_samples, args.seeds
     print(f"machine: {machine()}")
-    base = example_config(example, overrides, out / "unused")
     seeds = [base.train.seed + i for i in range(seeds_n)]
     print(f"{example}: tasks {', '.join(base.tasks)}; {train_n} training / {eval_n} test examples per task, "
           f"{base.train.epochs} epochs, batch {base.train.batch_size}, noise rate {args.rate}, seeds {seeds}")

@@ -43,6 +43,44 @@ def example_config(name: str, overrides: list[str], out: Path) -> Config:
                        [*overrides, f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false"])
 
 
+def add_budget_args(p: argparse.ArgumentParser, name: str) -> None:
+    """The reduced-budget options shared by the method-table scripts (``name``: their runs folder)."""
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
+    p.add_argument("--train-samples", type=int, default=None, help="training examples per task (default 1024)")
+    p.add_argument("--eval-samples", type=int, default=None, help="validation / test examples per task (500)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the example's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config override, e.g. --set model.max_length=64 (repeatable)")
+    p.add_argument("--output", default=None, help=f"folder for the runs (default runs/{name}/<example>)")
+
+
+def budget(args: argparse.Namespace, example: str, name: str, extra: list[str]) -> tuple[Path, list[str], Config]:
+    """Runs folder, overrides and base config of a reduced-budget method table: the first ``--train-samples``
+    / ``--eval-samples`` examples of each task, ``--epochs``, ``extra`` and ``--set`` overrides. A quick run
+    gets a fresh folder (it never reuses an earlier one), batch 8 and one epoch."""
+    import tempfile
+
+    if args.output:
+        out = Path(args.output)
+    elif args.quick:
+        out = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    else:
+        out = ROOT / "runs" / name / example
+    args.train_samples = args.train_samples or (16 if args.quick else 1024)
+    args.eval_samples = args.eval_samples or (16 if args.quick else 500)
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    overrides = list(extra)
+    for t in example_config(example, [], out / "probe").tasks:
+        overrides += [f"tasks.{t}.max_train_samples={args.train_samples}",
+                      f"tasks.{t}.max_eval_samples={args.eval_samples}"]
+    if args.epochs:
+        overrides.append(f"train.epochs={args.epochs}")
+    overrides += args.overrides
+    if args.quick:
+        overrides += ["train.batch_size=8", "train.epochs=1"]
+    return out, overrides, example_config(example, overrides, out / "unused")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):

@@ -26,26 +26,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from common import ROOT, example_config, machine, parser, ratio_line, setup_threads
+from common import add_budget_args, budget, machine, parser, ratio_line, setup_threads
 
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--example", default=None, help="example config (default english3; --quick: atis)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: every registered one)")
-    p.add_argument("--train-samples", type=int, default=None, help="training examples per task (default 1024)")
-    p.add_argument("--eval-samples", type=int, default=None, help="validation / test examples per task (500)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the example's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config override, e.g. --set model.max_length=64 (repeatable)")
-    p.add_argument("--output", default=None, help="folder for the runs (default runs/bench-weighting/<example>)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each run's best/ and last/ folders (default: delete them once scored)")
+    add_budget_args(p, "bench-weighting")
     args = p.parse_args()
     setup_threads(args.threads)
     from polytask.compare.report import delta_m
@@ -53,31 +45,14 @@ def main() -> None:
     from polytask.weighting import WEIGHTINGS
 
     example = args.example or ("atis" if args.quick else "english3")
-    seeds_n = args.seeds or (1 if args.quick else 3)
     names = sorted(WEIGHTINGS, key=lambda n: (n != "static", n))
     methods = args.methods.split(",") if args.methods else (["static", "pcgrad"] if args.quick else names)
     for m in methods:
         WEIGHTINGS.get(m, where="--methods")
     if "static" not in methods:
         methods.insert(0, "static")
-    train_n = args.train_samples or (16 if args.quick else 1024)
-    eval_n = args.eval_samples or (16 if args.quick else 500)
-    if args.output:
-        out = Path(args.output)
-    elif args.quick:  # a fresh folder: a quick run never reuses an earlier one
-        out = Path(tempfile.mkdtemp(prefix="bench-weighting-"))
-    else:
-        out = ROOT / "runs" / "bench-weighting" / example
-    probe = example_config(example, [], out / "probe")
-    overrides = ["train.sampling=all_tasks"]
-    for t in probe.tasks:
-        overrides += [f"tasks.{t}.max_train_samples={train_n}", f"tasks.{t}.max_eval_samples={eval_n}"]
-    if args.epochs:
-        overrides.append(f"train.epochs={args.epochs}")
-    overrides += args.overrides
-    if args.quick:
-        overrides += ["train.batch_size=8", "train.epochs=1"]
-    base = example_config(example, overrides, out / "unused")
+    out, overrides, base = budget(args, example, "bench-weighting", ["train.sampling=all_tasks"])
+    train_n, eval_n, seeds_n = args.train_samples, args.eval_samples, args.seeds
     seeds = [base.train.seed + i for i in range(seeds_n)]
     tasks = list(base.tasks)
     print(f"machine: {machine()}")
