@@ -4,7 +4,6 @@ of the perturbation itself on a hand-made batch."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -14,7 +13,7 @@ import polytask
 from polytask.adversarial import ADVERSARIAL
 from polytask.errors import UserError
 
-from .test_resume_ddp import final_eval, train_two_processes, write_config
+from .test_resume_ddp import final_eval, interrupt_and_resume, train_two_processes, write_config
 
 METHODS = sorted(ADVERSARIAL.names())
 KINDS = ["classification", "multilabel", "token", "regression"]
@@ -52,22 +51,10 @@ def test_method_trains_every_task_type_saves_loads_and_resumes_exactly(method, t
     out = model.predict([{"text": "boston good", "words": ["boston", "good"], "text2": "boston"}])
     assert set(out[0]) == set(KINDS)
 
-    loop = importlib.import_module("polytask.train.loop")  # (polytask.train is also the train() function)
     data["train"]["output_dir"] = str(tmp_path / "resumed")
     cfg = build_config(data)
-    real_step = loop.train_step
     stop_at = straight.global_step // 2
-
-    def interrupted(accelerator, model, run, window, step, epoch=0):
-        if step == stop_at:
-            raise KeyboardInterrupt
-        return real_step(accelerator, model, run, window, step, epoch)
-
-    monkeypatch.setattr(loop, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        polytask.train(cfg)
-    monkeypatch.setattr(loop, "train_step", real_step)
-    resumed = polytask.train(cfg, resume=True)
+    resumed = interrupt_and_resume(cfg, stop_at, monkeypatch)
     assert resumed.global_step == straight.global_step
     assert final_eval(tmp_path / "straight") == final_eval(tmp_path / "resumed")
     b = polytask.load(tmp_path / "resumed" / "last").model.state_dict()

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -25,6 +26,28 @@ def final_eval(run_dir: Path) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["type"] == "eval"]
     return {k: v for k, v in evals[-1].items() if k != "time"}
+
+
+def interrupt_and_resume(cfg, stop_at: int, monkeypatch):
+    """Train ``cfg`` in process, stop it (KeyboardInterrupt) when step ``stop_at`` is about to run, then
+    ``--resume`` it to the end; returns the resumed run's result."""
+    import importlib
+
+    import polytask
+
+    loop = importlib.import_module("polytask.train.loop")  # (polytask.train is also the train() function)
+    real_step = loop.train_step
+
+    def interrupted(accelerator, model, run, window, step, epoch=0):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        return real_step(accelerator, model, run, window, step, epoch)
+
+    monkeypatch.setattr(loop, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        polytask.train(cfg)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    return polytask.train(cfg, resume=True)
 
 
 def train_two_processes(cfg: Path) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@ gradients correctly, and runs under 2-process DDP with every process in step. Pl
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import polytask
 from polytask.errors import UserError
 from polytask.weighting import WEIGHTINGS, StepContext
 
-from .test_resume_ddp import final_eval, train_two_processes, write_config
+from .test_resume_ddp import final_eval, interrupt_and_resume, train_two_processes, write_config
 
 METHODS = sorted(WEIGHTINGS)
 
@@ -45,23 +44,10 @@ def test_method_trains_logs_weights_and_resumes_exactly(method, toy_config, buil
     assert bool(straight_state(tmp_path / "straight")) == (method in learned)  # their state is saved
 
     # the same run, interrupted after a few steps and resumed, ends identically
-    loop = importlib.import_module("polytask.train.loop")  # (polytask.train is also the train() function)
-
     data["train"]["output_dir"] = str(tmp_path / "resumed")
     cfg = build_config(data)
-    real_step = loop.train_step
     stop_at = straight.global_step // 2
-
-    def interrupted(accelerator, model, run, window, step, epoch=0):
-        if step == stop_at:
-            raise KeyboardInterrupt
-        return real_step(accelerator, model, run, window, step, epoch)
-
-    monkeypatch.setattr(loop, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        polytask.train(cfg)
-    monkeypatch.setattr(loop, "train_step", real_step)
-    resumed = polytask.train(cfg, resume=True)
+    resumed = interrupt_and_resume(cfg, stop_at, monkeypatch)
     assert resumed.global_step == straight.global_step
     assert final_eval(tmp_path / "straight") == final_eval(tmp_path / "resumed")
     a = polytask.load(tmp_path / "straight" / "last").model.state_dict()
