@@ -78,6 +78,19 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0
 
 
+def method_and_options(data: Any, path: str, default: str, example: str) -> tuple[str, dict[str, Any]]:
+    """A ``{method: NAME, option: value, ...}`` section (or just ``NAME``) as ``(NAME, options)``."""
+    if isinstance(data, str):
+        data = {"method": data}
+    if not isinstance(data, dict):
+        raise UserError(f"config key '{path}' must be a mapping like {example}, got {data!r}")
+    data = dict(data)
+    method = data.pop("method", default)
+    if not isinstance(method, str):
+        raise UserError(f"config key '{path}.method' must be a string, got {method!r}")
+    return method, data
+
+
 @dataclass
 class WeightingConfig:
     """``train.weighting:`` — how per-task losses are combined. ``method`` plus that method's options."""
@@ -87,15 +100,8 @@ class WeightingConfig:
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> WeightingConfig:
-        if isinstance(data, str):
-            data = {"method": data}
-        if not isinstance(data, dict):
-            raise UserError(f"config key '{path}' must be a mapping like {{method: static}}, got {data!r}")
-        data = dict(data)
-        method = data.pop("method", "static")
-        if not isinstance(method, str):
-            raise UserError(f"config key '{path}.method' must be a string, got {method!r}")
-        return cls(method=method, options=data)
+        method, options = method_and_options(data, path, "static", "{method: static}")
+        return cls(method=method, options=options)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **self.options}
@@ -112,14 +118,8 @@ class AdversarialConfig:
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> AdversarialConfig:
-        if isinstance(data, str) or data is None:
-            data = {"method": data or "none"}
-        if not isinstance(data, dict):
-            raise UserError(f"config key '{path}' must be a mapping like {{method: fgm, epsilon: 1.0}}, got {data!r}")
-        data = dict(data)
-        method = data.pop("method", "none")
-        if not isinstance(method, str):
-            raise UserError(f"config key '{path}.method' must be a string, got {method!r}")
+        method, data = method_and_options(data if data not in (None, "") else "none", path, "none",
+                                          "{method: fgm, epsilon: 1.0}")
         tasks = data.pop("tasks", None)
         if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
             raise UserError(f"config key '{path}.tasks' must be a list of task names, got {tasks!r}")
