@@ -150,12 +150,13 @@ def step_times(example: str, overrides: list[str], methods: list[str], rounds: i
     from accelerate import Accelerator
 
     from polytask.adversarial import ADVERSARIAL
+    from polytask.precision import runtime_precision
     from polytask.train.loop import train_step
     from polytask.train.setup import build_run
 
     config = example_config(example, overrides, Path(tempfile.mkdtemp(prefix="bench-adv-")) / "run")
     run = build_run(config)
-    acc = Accelerator(cpu=True, mixed_precision="bf16" if config.train.precision == "bf16" else "no")
+    acc = Accelerator(cpu=True, mixed_precision=runtime_precision(config.train.precision, "cpu").replace("fp32", "no"))
     model, optimizer = acc.prepare(run.model, run.optimizer)
     model.train()
     instances = {m: None if m == "none" else ADVERSARIAL.get(m)(options, list(config.tasks)) for m in methods}

@@ -112,8 +112,11 @@ def toy_config(tmp_path, tiny_encoder):
         return {
             "model": {"encoder": str(tiny_encoder), "max_length": 32, **(model or {})},
             "tasks": tasks,
+            # fp32 unless a test asks: the suite computes the same on every CPU kind (precision: auto would
+            # pick bf16 on some); tests/test_precision.py covers auto.
             "train": {"output_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 8, "lr": 1e-3,
-                      "tensorboard": False, "progress": False, "logging_steps": 2, **(train or {})},
+                      "tensorboard": False, "progress": False, "logging_steps": 2, "precision": "fp32",
+                      **(train or {})},
         }
 
     return make

@@ -153,7 +153,8 @@ class TrainConfig:
     save_steps: int | None = None  # also save resumable training state every N optimizer steps
     logging_steps: int = 10
     seed: int = 42
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 where the hardware runs it natively (recent GPUs; CPUs with AVX512_BF16 or AMX), else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     tensorboard: bool = True

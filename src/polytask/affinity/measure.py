@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from polytask.config import Config
 from polytask.data.features import collate, stack_batches
 from polytask.errors import UserError
+from polytask.precision import runtime_precision
 
 
 def affinity_config(config: Config, output: Path) -> Config:
@@ -68,7 +69,7 @@ def measure_affinity(config: Config, output: str | Path, steps: int | None = Non
     time_plain = time_sampled = 0.0
     n_plain = n_sampled = 0
     plan, epoch, pos = run.plan.epoch(0), 0, 0
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if runtime_precision(cfg.train.precision, "cpu") == "bf16"
                 else torch.autocast("cpu", enabled=False))
     for step in tqdm(range(total), desc="affinity", disable=not progress, dynamic_ncols=True):
         if pos >= len(plan):

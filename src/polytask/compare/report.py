@@ -10,6 +10,7 @@ from typing import Any
 from polytask.compare.runner import mean_std
 from polytask.config import Config
 from polytask.model.io import write_json
+from polytask.precision import runtime_precision
 from polytask.plotting import cjk_font, needs_cjk, plot_style, pyplot
 
 KIND_NAMES = {"probe": "frozen probe (before fine-tuning)", "single": "single-task", "multi": "multi-task"}
@@ -94,7 +95,7 @@ def summarize(config: Config, results: list[dict[str, Any]], seeds: list[int],
                             "trainable": sum(r["trainable_parameters"] for r in rs), "models": len(rs)}
     return {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": seeds, "tasks": tasks, "delta_m": dm,
             "parameters": params, "inference": inference, "train_seconds": timing,
-            "encoder": config.model.encoder, "precision": config.train.precision}
+            "encoder": config.model.encoder, "precision": runtime_precision(config.train.precision, "cpu")}
 
 
 def pct(x: float) -> str:

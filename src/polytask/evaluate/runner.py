@@ -9,11 +9,13 @@ import torch
 
 from polytask.data.features import TaskData, collate, to_device
 from polytask.model.multitask import MultiTaskModel
+from polytask.precision import runtime_precision
 from polytask.tasks import TaskType
 
 
 def autocast_context(precision: str, device: torch.device):
-    if precision == "bf16":
+    """bf16 autocast when ``precision`` (auto | fp32 | bf16) resolves to bf16 on ``device``."""
+    if runtime_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

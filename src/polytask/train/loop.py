@@ -32,6 +32,7 @@ from polytask.data.features import collate, stack_batches, to_device
 from polytask.errors import UserError
 from polytask.evaluate.runner import evaluate_split, flat_metrics
 from polytask.model.io import save_checkpoint, write_json
+from polytask.precision import PrecisionChoice, announce, resolve_precision
 from polytask.train.checkpoint import TrainerState, load_last, save_last
 from polytask.train.early_stopping import EarlyStopping
 from polytask.train.logging import RunLogger
@@ -61,13 +62,17 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         # Accelerate keeps one global state per process; a second train() in the same Python process
         # (notebooks, tests, hyperparameter search) may ask for another precision.
         AcceleratorState._reset_state(reset_partial_state=True)
+    # auto: bf16 only where the hardware runs it natively (emulated bf16 is many times slower than fp32)
+    precision = resolve_precision(tc.precision, device_type())
     accelerator = Accelerator(
         # cpu=True on machines without an accelerator makes `accelerate launch` start gloo (MULTI_CPU) DDP.
         cpu=not has_accelerator(),
-        mixed_precision="bf16" if tc.precision == "bf16" else "no",
+        mixed_precision="bf16" if precision.precision == "bf16" else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # one head per batch
     )
     main = accelerator.is_main_process
+    if main:
+        announce(precision)
     set_seed(tc.seed)
     run = build_run(config, accelerator.num_processes, accelerator.process_index)
     early = EarlyStopping.from_config(tc.early_stopping)
@@ -75,7 +80,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     if resume:
         state = load_last(out / "last", run, early, accelerator.process_index, accelerator.num_processes)
     if main and not resume:
-        start_output_dir(out, overwrite, config)
+        start_output_dir(out, overwrite, config, precision)
     accelerator.wait_for_everyone()
     # from_pretrained hands the encoder back in eval mode: without this, its dropout would stay off until the
     # first validation switched the whole model to train mode (and, after --resume, off again until the next).
@@ -262,11 +267,19 @@ def log_train(logger: RunLogger, bar, run: Run, running: dict[str, list[float]],
     running.clear()
 
 
-def has_accelerator() -> bool:
+def device_type() -> str:
+    """The device type the Accelerator will pick (cuda, mps, xpu or cpu)."""
+    if torch.cuda.is_available():
+        return "cuda"
     mps = getattr(torch.backends, "mps", None)
+    if mps and mps.is_available():
+        return "mps"
     xpu = getattr(torch, "xpu", None)
-    return (torch.cuda.is_available() or bool(mps and mps.is_available())
-            or bool(xpu and xpu.is_available()))
+    return "xpu" if xpu and xpu.is_available() else "cpu"
+
+
+def has_accelerator() -> bool:
+    return device_type() != "cpu"
 
 
 def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -281,11 +294,14 @@ def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
                         "(or set train.output_dir)")
 
 
-def start_output_dir(out: Path, overwrite: bool, config: Config) -> None:
+def start_output_dir(out: Path, overwrite: bool, config: Config, precision: PrecisionChoice) -> None:
     """Called only once every input has been read and checked: clear an old run (with --overwrite)."""
     if overwrite:
         for name in ("best", "last", "tensorboard", "metrics.jsonl", "config.json", "report.json", "report.md"):
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config.to_dict())
+    resolved = config.to_dict()
+    resolved["train"]["precision"] = precision.precision  # what ran; the reason beside it
+    resolved["precision_choice"] = {"requested": precision.requested, "reason": precision.reason}
+    write_json(out / "config.json", resolved)
