@@ -10,8 +10,8 @@ from typing import Any
 from polytask.compare.runner import mean_std
 from polytask.config import Config
 from polytask.model.io import write_json
-from polytask.precision import runtime_precision
 from polytask.plotting import cjk_font, needs_cjk, plot_style, pyplot
+from polytask.precision import runtime_precision
 
 KIND_NAMES = {"probe": "frozen probe (before fine-tuning)", "single": "single-task", "multi": "multi-task"}
 
