@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from polytask.evaluate.report import evaluate_checkpoint, results_json, summary_rows, write_report
+    from polytask.evaluate.report import evaluate_checkpoint, metric_choice, results_json, summary_rows, write_report
     from polytask.predict import Predictor, checkpoint_dir
 
     ckpt = checkpoint_dir(args.run)
@@ -147,6 +147,9 @@ def cmd_evaluate(args) -> int:
         for name, typ, shown in summary_rows(results, predictor.tasks):
             print(f"  {name} [{typ}]: {shown}")
         print(f"  mean of main metrics: {results['mean']:.4f}")
+        for name, task in predictor.tasks.items():
+            if name in results:
+                print(f"  {metric_choice(name, task)}")
         print(f"reports: {json_path}, {md_path}")
     return 0
 

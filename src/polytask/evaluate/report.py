@@ -26,7 +26,9 @@ def evaluate_checkpoint(predictor: Predictor, split: str = "test", batch_size: i
 def write_report(results: dict[str, Any], predictor: Predictor, split: str, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(predictor.path), "split": split, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json(out_dir / "report.json", {**meta, "results": results})
+    main = {name: {"metric": task.main_metric, "reason": task.metric_reason}
+            for name, task in predictor.tasks.items() if name in results}
+    write_json(out_dir / "report.json", {**meta, "main_metrics": main, "results": results})
     md = out_dir / "report.md"
     md.write_text(markdown_report(results, predictor, split, meta), encoding="utf-8")
     return out_dir / "report.json", md
@@ -44,6 +46,12 @@ def summary_rows(results: dict[str, Any], tasks) -> list[tuple[str, str, str]]:
     return rows
 
 
+def metric_choice(name: str, task) -> str:
+    """``"pos: main metric accuracy (token accuracy: tags have no span scheme)"``: what ``mean`` and early
+    stopping score this task by, and why."""
+    return f"{name}: main metric {task.main_metric} ({task.metric_reason})"
+
+
 def markdown_report(results: dict[str, Any], predictor: Predictor, split: str, meta: dict[str, Any]) -> str:
     lines = [f"# Evaluation report — {split} split", "",
              f"Checkpoint: `{meta['checkpoint']}`  ", f"Date: {meta['time']}", "",
@@ -54,6 +62,8 @@ def markdown_report(results: dict[str, Any], predictor: Predictor, split: str, m
                          f"{results[name][task.main_metric]:.4f} |")
     if "mean" in results:
         lines.append(f"| **mean** | | | {results['mean']:.4f} |")
+    lines += ["", "Main metrics (averaged into `mean`):", ""]
+    lines += [f"- {metric_choice(name, task)}" for name, task in predictor.tasks.items() if name in results]
     for name, task in predictor.tasks.items():
         if name not in results:
             continue

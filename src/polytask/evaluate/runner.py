@@ -58,8 +58,9 @@ def score_task(task: TaskType, examples, predictions: list[Any], loss: float | N
 
 
 def mean_score(results: dict[str, dict[str, Any]], tasks: dict[str, TaskType]) -> float:
-    """Mean over tasks of each task's main metric (accuracy, span F1, Pearson, ...)."""
-    vals = [results[t][tasks[t].main_metric] for t in results]
+    """Mean over tasks of each task's main metric (accuracy, span F1, Pearson, ...), so higher is better: a
+    lower-is-better main metric (``tasks.<name>.metric: mse``) enters with its sign flipped."""
+    vals = [results[t][tasks[t].main_metric] * (1 if tasks[t].higher_is_better else -1) for t in results]
     return sum(vals) / len(vals) if vals else float("nan")
 
 

@@ -19,6 +19,7 @@ from polytask.errors import UserError
 from polytask.registry import Registry
 
 IGNORE_INDEX = -100  # label of sub-tokens and padding that the loss skips (PyTorch's default ignore_index)
+LOWER_IS_BETTER = ("mse", "loss")  # metrics where smaller is better; every other metric is higher-is-better
 
 
 @dataclass
@@ -35,21 +36,42 @@ class TaskType:
     """Base of the task types: text-column reading and sentence tokenisation, shared by all four.
 
     Subclasses set ``level`` ("sequence": one prediction per text, head on the pooled vector;
-    "token": one prediction per word), ``metric_names`` and ``main_metric`` (the one averaged into the
-    ``mean`` validation score), and implement the label-specific methods.
+    "token": one prediction per word), ``metric_names`` and ``main_metric`` (the type's default main
+    metric), and implement the label-specific methods. Each instance has its own ``main_metric`` (the one
+    averaged into the ``mean`` validation score) and ``metric_reason`` (why it was chosen):
+    ``tasks.<name>.metric`` when set, else ``default_metric()``, which a type may base on its labels.
     """
 
     type_name = ""
     level = "sequence"
     metric_names: tuple[str, ...] = ()
-    main_metric = ""
-    higher_is_better = True  # of main_metric (compare's delta-m flips the sign where it is False)
+    main_metric = ""  # the type's default; instances overwrite it in choose_metric()
 
     def __init__(self, name: str, cfg: TaskConfig, labels: list[str] | None = None):
         self.name = name
         self.cfg = cfg
         self.labels: list[str] = list(labels) if labels is not None else []
         self.label_to_id = {lab: i for i, lab in enumerate(self.labels)}
+        self.metric_reason = ""
+        self.choose_metric()
+
+    # -- main metric --------------------------------------------------------------------------------------
+    @property
+    def higher_is_better(self) -> bool:
+        """Of ``main_metric`` (compare's delta-m and the ``mean`` score flip the sign where it is False)."""
+        return self.main_metric not in LOWER_IS_BETTER
+
+    def choose_metric(self) -> None:
+        """Set this task's ``main_metric`` and ``metric_reason``: ``tasks.<name>.metric`` when given, else
+        ``default_metric()`` (types whose choice depends on the labels call this again once they are fitted)."""
+        if self.cfg.metric:
+            self.main_metric, self.metric_reason = self.cfg.metric, f"set by tasks.{self.name}.metric"
+        else:
+            self.main_metric, self.metric_reason = self.default_metric()
+
+    def default_metric(self) -> tuple[str, str]:
+        """``(metric, reason)`` when the config does not choose one."""
+        return type(self).main_metric, f"the {self.type_name} default"
 
     # -- labels -------------------------------------------------------------------------------------------
     def set_labels(self, labels: list[str]) -> None:
@@ -79,8 +101,12 @@ class TaskType:
     def read(self, record: dict[str, Any], where: str, labelled: bool = True) -> Example:
         text = self._text(record, self.cfg.text, where)
         pair = self._text(record, self.cfg.text_pair, where) if self.cfg.text_pair else None
-        label = self.parse_label(self._column(record, self.cfg.label, where), where) if labelled else None
+        label = self.row_label(record, where) if labelled else None
         return Example(text=text, text_pair=pair, label=label, where=where)
+
+    def row_label(self, record: dict[str, Any], where: str) -> Any:
+        """The parsed label of one row (a missing column or a bad value is an error naming the row)."""
+        return self.parse_label(self._column(record, self.cfg.label, where), where)
 
     def _column(self, record: dict[str, Any], column: str, where: str) -> Any:
         if column not in record:
@@ -143,10 +169,14 @@ class TaskType:
 
     def spec(self) -> dict[str, Any]:
         """What a checkpoint stores about this task to rebuild it without data."""
-        return {"type": self.type_name, "labels": self.labels}
+        return {"type": self.type_name, "labels": self.labels, "main_metric": self.main_metric,
+                "metric_reason": self.metric_reason}
 
     def load_spec(self, spec: dict[str, Any]) -> None:
-        """Restore what ``spec`` stored beyond the labels (a checkpoint is being loaded)."""
+        """Restore what ``spec`` stored beyond the labels (a checkpoint is being loaded); checkpoints written
+        before the main metric was stored keep the one chosen from the config and labels."""
+        if spec.get("main_metric"):
+            self.main_metric, self.metric_reason = spec["main_metric"], spec.get("metric_reason", "")
 
 
 def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,12 @@ def detect_scheme(tags) -> tuple[str, str]:
     return "BIO", sep
 
 
+def has_span_scheme(tags) -> bool:
+    """Whether any tag other than ``O`` has a B/I/M/E/S prefix (``B-PER``, ``S_LOC``); a tag set without one
+    (part-of-speech tags such as ``n``, ``v``, ``NN``) labels words, not spans."""
+    return any(tag != "O" and split_tag(tag)[1] != tag for tag in tags)
+
+
 def scheme_tags(types, scheme: str, sep: str = "-") -> list[str]:
     """Every tag the scheme can write for ``types``, ``O`` first."""
     return ["O"] + [f"{p}{sep}{t}" for t in sorted(types) for p in SCHEMES[scheme]]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from polytask.errors import NotSupportedError, UserError
 from polytask.tasks.base import IGNORE_INDEX, TASK_TYPES, Example, TaskType, symmetric_kl
-from polytask.tasks.spans import detect_scheme, extract_spans, scheme_tags, span_scores, spans_to_tags
+from polytask.tasks.spans import detect_scheme, extract_spans, has_span_scheme, scheme_tags, span_scores, spans_to_tags
 
 
 def is_cjk(char: str) -> bool:
@@ -40,7 +40,10 @@ class TokenClassification(TaskType):
     Tag schemes BIO, BIOES and BMES are read. Prediction: ``{"tags": [...], "spans": [{"label", "start",
     "end", "text"}]}``, positions in words or characters, ``end`` exclusive. Words or characters past
     ``model.max_length`` are predicted as ``O``.
-    Metrics: span precision/recall/F1 (exact type and boundaries), tag accuracy, per-type report.
+    Metrics: span precision/recall/F1 (exact type and boundaries), tag accuracy, per-type report. The main
+    metric is span F1 when the tags follow a span scheme, and tag accuracy when no tag other than ``O`` has a
+    B/I/M/E/S prefix (part-of-speech tags such as ``n``, ``v``): chosen once the labels are fitted, stored
+    in the checkpoint.
     """
 
     type_name = "token_classification"
@@ -51,6 +54,13 @@ class TokenClassification(TaskType):
     def __init__(self, name, cfg, labels=None):
         super().__init__(name, cfg, labels)
         self.units = cfg.units  # "auto" until a labelled string row decides
+
+    def default_metric(self) -> tuple[str, str]:
+        if self.labels and not has_span_scheme(self.labels):
+            return "accuracy", "token accuracy: tags have no span scheme"
+        if not self.labels:  # not fitted yet: fit_labels chooses again
+            return "f1", "span F1"
+        return "f1", f"span F1: tags follow the {detect_scheme(self.labels)[0]} scheme"
 
     # -- reading ------------------------------------------------------------------------------------------
     def read(self, record: dict[str, Any], where: str, labelled: bool = True) -> Example:
@@ -120,11 +130,13 @@ class TokenClassification(TaskType):
             self.set_labels(sorted(set(self.labels) | set(scheme_tags(types, scheme, sep))))
         if "O" in self.label_to_id:  # 'O' first: index 0 is also the tag given to words past max_length
             self.set_labels(["O"] + [t for t in self.labels if t != "O"])
+        self.choose_metric()  # span F1 or token accuracy, from the fitted tag set
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "units": self.units}
 
     def load_spec(self, spec: dict[str, Any]) -> None:
+        super().load_spec(spec)
         self.units = spec.get("units", self.cfg.units)
 
     # -- features -----------------------------------------------------------------------------------------
