@@ -148,7 +148,6 @@ def test_fgm_perturbation_has_norm_epsilon_and_raises_the_loss(toy_config, build
     from accelerate import Accelerator
 
     from polytask.adversarial.base import Adversarial
-    from polytask.data.features import collate
     from polytask.train.loop import perturbable
     from polytask.train.setup import build_run
 
@@ -156,8 +155,8 @@ def test_fgm_perturbation_has_norm_epsilon_and_raises_the_loss(toy_config, build
     run = build_run(cfg)
     run.model.eval()
     task, idx = run.plan.epoch(0)[0]
-    batch = collate([run.data[task].features["train"][j] for j in idx], run.tasks[task], run.pad_id)
-    p = perturbable(Accelerator(cpu=True), run.model, run, batch, [batch], [task], [slice(None)], [task])
+    batch = run.collate(task, idx)
+    p = perturbable(Accelerator(cpu=True), run.model, run, batch, batch["parts"], [task])
     g = Adversarial.ascend(p, p.zeros())
     r = 0.5 * p.normalize(g)
     torch.testing.assert_close(p.norm(r).flatten(), torch.full((len(idx),), 0.5), rtol=1e-4, atol=1e-5)

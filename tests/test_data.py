@@ -205,3 +205,87 @@ def test_task_probabilities_are_checked(toy_config, build_config, override, mess
 
     with pytest.raises(UserError, match=message):
         build_config(toy_config(["classification", "token"]), override)
+
+
+def _email_task(path, name="spam", type_="classification", label="label", limit=None):
+    from polytask.config import TaskConfig
+    from polytask.tasks import build_task
+
+    return build_task(name, TaskConfig(type=type_, train=str(path), label=label, max_train_samples=limit))
+
+
+def _emails(tmp_path, n_ham=240, n_spam=60):
+    """An email file sorted by class: every ham row first, then every spam row."""
+    from tests.conftest import write_jsonl
+
+    rows = [{"text": f"ham message {i}", "label": "ham", "score": float(i)} for i in range(n_ham)]
+    rows += [{"text": f"spam message {i}", "label": "spam", "score": float(i)} for i in range(n_spam)]
+    return write_jsonl(tmp_path / "emails.jsonl", rows)
+
+
+def _line(ex):
+    return int(ex.where.rsplit(":", 1)[1])
+
+
+def test_max_train_samples_is_a_stratified_sample_of_a_sorted_file(tmp_path):
+    from polytask.data.features import read_examples
+
+    task = _email_task(_emails(tmp_path), limit=50)
+    examples = read_examples(task, "train")
+    assert Counter(ex.label for ex in examples) == {"ham": 40, "spam": 10}  # 80% / 20% as in the file
+    lines = [_line(ex) for ex in examples]
+    assert lines == sorted(lines)  # file order kept
+    assert lines != list(range(1, 41)) + list(range(241, 251))  # a random sample, not the first rows per class
+    again = read_examples(_email_task(_emails(tmp_path), name="other", limit=50), "train")
+    assert [ex.where for ex in again] == [ex.where for ex in examples]  # deterministic, whatever the task name
+    # a rare label still gets a row when N allows
+    rare = read_examples(_email_task(_emails(tmp_path, n_ham=295, n_spam=5), limit=20), "train")
+    assert Counter(ex.label for ex in rare) == {"ham": 19, "spam": 1}
+
+
+def test_tasks_reading_the_same_file_pick_the_same_rows(tmp_path):
+    from polytask.data.features import read_examples
+
+    path = _emails(tmp_path)
+    a = read_examples(_email_task(path, name="a", type_="regression", label="score", limit=30), "train")
+    b = read_examples(_email_task(path, name="b", type_="regression", label="score", limit=30), "train")
+    assert len(a) == 30 and [ex.where for ex in a] == [ex.where for ex in b]
+    assert [_line(ex) for ex in a] != list(range(1, 31))  # not the first N rows (all ham)
+    assert any(_line(ex) > 240 for ex in a)
+    c = read_examples(_email_task(path, name="c", type_="regression", label="score", limit=31), "train")
+    assert [ex.where for ex in c] != [ex.where for ex in a]  # the sample depends on N, not only on the file
+
+
+def test_single_label_training_data_warns(tmp_path, capsys):
+    from polytask.data.features import read_examples
+
+    path = _emails(tmp_path, n_ham=20, n_spam=0)
+    read_examples(_email_task(path, name="mail"), "train")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("polytask: warning:")
+    assert "'mail'" in err[0] and str(path) in err[0] and "'ham'" in err[0]
+    read_examples(_email_task(_emails(tmp_path)), "train")  # two labels: quiet
+    assert capsys.readouterr().err == ""
+
+
+def test_built_in_subsets_are_the_first_rows_of_the_seeded_order():
+    """Built-in splits come shuffled already: a non-stratified subset is their first N rows, and a stratified
+    one each label's first rows in that order."""
+    from polytask.catalog.datasets import DATASETS
+    from polytask.config import TaskConfig
+    from polytask.data.features import read_examples
+    from polytask.tasks import build_task
+
+    cfg = TaskConfig(type="multilabel_classification", dataset="atis", label="intents", max_train_samples=40)
+    first = [where for where, _ in DATASETS.get("atis").rows("train")[:40]]
+    assert [ex.where for ex in read_examples(build_task("intent", cfg), "train")] == first
+    cfg = TaskConfig(type="classification", dataset="rotten_tomatoes", label="sentiment", max_train_samples=40)
+    got = read_examples(build_task("sentiment", cfg), "train")
+    rows = DATASETS.get("rotten_tomatoes").rows("train")
+    share = Counter(rec["sentiment"] for _, rec in rows)
+    counts = Counter(ex.label for ex in got)
+    assert sum(counts.values()) == 40
+    for label, c in counts.items():
+        assert abs(c - 40 * share[label] / len(rows)) < 1
+        assert [ex.where for ex in got if ex.label == label] == \
+            [w for w, rec in rows if rec["sentiment"] == label][:c]

@@ -65,8 +65,16 @@ class TaskConfig:
     # chars: every character of a string (Chinese, MSRA style); auto: chars when a string has one tag per
     # character rather than one per whitespace-separated word.
     units: Literal["auto", "words", "chars"] = "auto"
-    max_train_samples: int | None = None  # keep the first N training examples (quick runs)
-    max_eval_samples: int | None = None  # keep the first N validation/test examples
+    # The main metric (early stopping's `mean`, best/, evaluate's summary). null: automatic — the type's
+    # first metric, except token_classification: span F1 when the tags follow BIO/BIOES/BMES, token accuracy
+    # when no tag has such a prefix (part-of-speech tags). Otherwise one of the type's metrics.
+    metric: str | None = None
+    # Keep a random sample of N training rows (quick runs), in file order: seeded by the file's name and the
+    # split, not the task, so tasks reading one file pick the same rows (a built-in dataset: the first N of
+    # its seeded shuffled order); stratified by label for classification (each label's share kept, every
+    # label at least once when N allows).
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None  # the same for validation/test rows
 
 
 @dataclass
@@ -148,6 +156,9 @@ class TrainConfig:
     temperature: float = 2.0  # for sampling: temperature  (p_i ~ n_i^(1/T))
     task_probabilities: dict[str, float] | None = None  # for sampling: probabilities  ({task: p}, normalised)
     group_by_length: bool = False  # batch examples of similar length together (less padding)
+    # auto: tasks reading the same inputs (same dataset or training file, same tokenised text) share one encoder
+    # pass per input, each task's loss from its own head; off: one task per batch
+    joint_batches: Literal["auto", "off"] = "auto"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     eval_steps: int | None = None  # also validate every N optimizer steps (default: once per epoch)
     save_steps: int | None = None  # also save resumable training state every N optimizer steps
@@ -203,6 +214,9 @@ class Config:
                 _bad(f"{p}.weight", t.weight, "a number >= 0")
             if not 0.0 < t.threshold < 1.0:
                 _bad(f"{p}.threshold", t.threshold, "a number in (0, 1)")
+            metrics = TASK_TYPES.get(t.type).metric_names
+            if t.metric is not None and t.metric not in metrics:
+                _bad(f"{p}.metric", t.metric, f"null (automatic) or, for a {t.type} task, one of " + ", ".join(metrics))
             for k in ("max_train_samples", "max_eval_samples"):
                 v = getattr(t, k)
                 if v is not None and v < 1:
@@ -258,7 +272,7 @@ class Config:
                      f"for a {self.tasks[task].type} task: " + ", ".join((*ttype.metric_names, "loss")))
         method = WEIGHTINGS.get(tr.weighting.method, where="config key 'train.weighting.method'")
         method.check_options(tr.weighting.options, "train.weighting")
-        if method.needs_all_tasks and tr.sampling != "all_tasks" and len(self.tasks) > 1:
+        if method.needs_all_tasks and tr.sampling != "all_tasks" and len(self.tasks) > 1 and not self.one_source():
             raise UserError(f"config key 'train.weighting.method': {tr.weighting.method} needs every task's loss "
                             "at each step; set train.sampling: all_tasks (one batch of every task per step)")
         adv = tr.adversarial
@@ -274,6 +288,14 @@ class Config:
         if adv.tasks is not None and not adv.tasks:
             _bad("train.adversarial.tasks", adv.tasks, "null (every task) or a non-empty list of task names")
         return self
+
+    def one_source(self) -> bool:
+        """Whether joint batches will put every task in one source (one dataset or training file), so that
+        every batch holds every task."""
+        from polytask.data.features import source_key
+
+        keys = {source_key(t) for t in self.tasks.values()}
+        return self.train.joint_batches == "auto" and len(keys) == 1 and None not in keys
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -42,31 +42,29 @@ class Perturbable:
     """One group's stacked batch, ready to be run with perturbed word embeddings.
 
     ``embeds`` [B, T, H]: word embeddings of the whole batch (their graph reaches the embedding matrix);
-    ``mask`` / ``token_type_ids`` [B, T]; ``slices``: each task's rows; ``adversarial``: the tasks trained
-    adversarially (a subset of ``slices``); ``labels``: each task's labels (its rows, in order).
+    ``mask`` / ``token_type_ids`` [B, T]; ``rows``: each task's row positions in the batch (tasks sharing inputs
+    under joint batches share rows); ``adversarial``: the tasks trained adversarially (a subset of ``rows``);
+    ``labels``: each task's labels (its rows, in order). Perturbed copies are made once per row, whichever
+    adversarial tasks read it.
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor
     token_type_ids: torch.Tensor
-    slices: dict[str, slice]
+    rows: dict[str, torch.Tensor]
     adversarial: list[str]
     labels: dict[str, torch.Tensor]
     tasks: dict[str, TaskType]
     bare_forward: Forward  # the unwrapped model: no DDP hooks
     train_forward: Forward  # the prepared (DDP / autocast) model: the forward whose backward updates
-    adv_slices: dict[str, slice] = field(init=False)
+    adv_index: dict[str, torch.Tensor] = field(init=False)
     adv_rows: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        rows, self.adv_slices, start = [], {}, 0
-        for t in self.adversarial:
-            s = self.slices[t]
-            idx = torch.arange(s.start or 0, s.stop if s.stop is not None else self.embeds.shape[0])
-            rows.append(idx)
-            self.adv_slices[t] = slice(start, start + len(idx))
-            start += len(idx)
-        self.adv_rows = torch.cat(rows).to(self.embeds.device)
+        # adv_rows [n]: every row some adversarial task reads, once; adv_index[t]: t's rows within adv_rows
+        self.adv_rows = torch.unique(torch.cat([self.rows[t] for t in self.adversarial])).to(self.embeds.device)
+        self.adv_index = {t: torch.searchsorted(self.adv_rows, self.rows[t].to(self.embeds.device))
+                          for t in self.adversarial}
         self._mask = self.mask[self.adv_rows].unsqueeze(-1).to(torch.float32)  # [n, T, 1]
 
     # -- shapes and norms ---------------------------------------------------------------------------------
@@ -108,7 +106,7 @@ class Perturbable:
         logits = self.bare_forward(torch.cat(parts), self.mask[self.adv_rows].repeat(k, 1),
                                    self.token_type_ids[self.adv_rows].repeat(k, 1), self.adversarial)
         n = len(self.adv_rows)
-        return [{t: logits[t][i * n:(i + 1) * n][self.adv_slices[t]] for t in self.adversarial} for i in range(k)]
+        return [{t: logits[t][i * n:(i + 1) * n][self.adv_index[t]] for t in self.adversarial} for i in range(k)]
 
     def final(self, perturbations: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor],
                                                                 list[dict[str, torch.Tensor]]]:
@@ -120,9 +118,9 @@ class Perturbable:
         k = len(perturbations)
         mask = torch.cat([self.mask, self.mask[self.adv_rows].repeat(k, 1)])
         types = torch.cat([self.token_type_ids, self.token_type_ids[self.adv_rows].repeat(k, 1)])
-        logits = self.train_forward(torch.cat(parts), mask, types, list(self.slices))
-        clean = {t: logits[t][:b][s] for t, s in self.slices.items()}
-        perturbed = [{t: logits[t][b + i * n:b + (i + 1) * n][self.adv_slices[t]] for t in self.adversarial}
+        logits = self.train_forward(torch.cat(parts), mask, types, list(self.rows))
+        clean = {t: logits[t][:b][pos] for t, pos in self.rows.items()}
+        perturbed = [{t: logits[t][b + i * n:b + (i + 1) * n][self.adv_index[t]] for t in self.adversarial}
                      for i in range(k)]
         return clean, perturbed
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,15 +30,101 @@ def task_rows(name: str, cfg: TaskConfig, split: str) -> Rows | None:
     return read_rows(path, key=f"tasks.{name}.{split}") if path else None
 
 
-def read_examples(task: TaskType, split: str, labelled: bool = True) -> list[Example] | None:
+def data_source(cfg: TaskConfig, split: str) -> str:
+    """What a split is read from, for messages: the built-in dataset's name or the file's path."""
+    return f"built-in dataset '{cfg.dataset}'" if cfg.dataset is not None else str(getattr(cfg, split))
+
+
+def source_key(cfg: TaskConfig) -> tuple[str, str] | None:
+    """What a task's training rows come from: a built-in dataset or a training file."""
+    if cfg.dataset is not None:
+        return ("dataset", cfg.dataset)
+    return ("file", str(cfg.train)) if cfg.train else None
+
+
+def unlabelled(value: Any) -> bool:
+    """A label cell that holds nothing: absent, null, an empty string or NaN (an empty CSV/parquet cell)."""
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float)
+                                                                               and value != value)
+
+
+def read_examples(task: TaskType, split: str, labelled: bool = True, partial: bool = False) -> list[Example] | None:
+    """A split's examples. With ``partial`` (the task shares its rows with other tasks), rows with no label for
+    this task are left out of it — they still train the others — instead of being an error."""
     rows = task_rows(task.name, task.cfg, split)
     if rows is None:
         return None
-    limit = task.cfg.max_train_samples if split == "train" else task.cfg.max_eval_samples
-    rows = rows[:limit] if limit else rows
     if not rows:
         raise UserError(f"the {split} split of task '{task.name}' has no rows")
-    return [task.read(rec, where, labelled=labelled) for where, rec in rows]
+    if partial and labelled:
+        kept = [(w, rec) for w, rec in rows if not unlabelled(rec.get(task.cfg.label))]
+        if kept and len(kept) < len(rows):
+            print(f"polytask: task '{task.name}': {len(rows) - len(kept)} of {len(rows)} {split} rows of "
+                  f"{data_source(task.cfg, split)} have no '{task.cfg.label}' label; they are left out of this "
+                  "task only", file=sys.stderr, flush=True)
+            rows = kept
+    limit = task.cfg.max_train_samples if split == "train" else task.cfg.max_eval_samples
+    sampled = bool(limit and limit < len(rows))
+    if sampled:
+        # Stratified for single-label classification: a file sorted by class must not give a one-class subset.
+        labels = ([task.row_label(rec, where) for where, rec in rows]
+                  if labelled and task.type_name == "classification" else None)
+        rows = [rows[i] for i in subset_indices(len(rows), limit, subset_seed(task.cfg, split), labels)]
+    examples = [task.read(rec, where, labelled=labelled) for where, rec in rows]
+    if split == "train" and labelled and task.type_name == "classification":
+        found = {ex.label for ex in examples}
+        if len(found) == 1:
+            subset = f" (a sample of max_train_samples={limit} rows)" if sampled else ""
+            print(f"polytask: warning: task '{task.name}': the training data from {data_source(task.cfg, split)}"
+                  f"{subset} holds a single label, {found.pop()!r}; the model can only learn to predict it",
+                  file=sys.stderr, flush=True)
+    return examples
+
+
+def subset_seed(cfg: TaskConfig, split: str) -> str | None:
+    """Seed of a file split's ``max_*_samples`` subset: the file and the split, never the task's name, so tasks
+    that read the same file with the same limit pick the same rows. A file counts by its name, not its folder:
+    the same config picks the same rows wherever the project sits (config paths are made absolute). None for a
+    built-in dataset: its splits already come in a seeded shuffled order, whose first rows are the sample
+    (so runs and figures made before this sampling existed stay as they were)."""
+    if cfg.dataset is not None:
+        return None
+    return f"polytask-subset|file:{Path(getattr(cfg, split)).name}|{split}"
+
+
+def subset_indices(n: int, limit: int, seed: str | None, labels: list[Any] | None = None) -> list[int]:
+    """Ascending indices (rows keep their file order) of ``limit`` of ``n`` rows: the first ``limit`` of a
+    shuffle seeded by ``seed`` (``None``: the rows are in a random order already).
+
+    With ``labels`` (one per row) the sample is stratified: each label gets ``limit * share`` rows, rounded by
+    largest remainder, and at least one row while ``limit`` is at least the number of labels (taken from the
+    label furthest above its exact share); each label's rows are its first ones in the shuffled order, so a
+    larger ``limit`` adds rows to a smaller one's."""
+    order = list(range(n))
+    if seed is not None:
+        random.Random(seed).shuffle(order)  # a str seed is hashed with SHA-512: the same on every run and machine
+    if labels is None:
+        return sorted(order[:limit])
+    counts = Counter(str(lab) for lab in labels)
+    names = sorted(counts)
+    # exact share of label l: limit * c_l / n; integer arithmetic keeps the rounding exact
+    alloc = {lab: limit * counts[lab] // n for lab in names}
+    by_remainder = sorted(names, key=lambda lab: (-(limit * counts[lab] % n), lab))
+    for lab in by_remainder[:limit - sum(alloc.values())]:
+        alloc[lab] += 1
+    if limit >= len(names):
+        for lab in names:
+            if alloc[lab] == 0:  # one row from the label furthest above its exact share (it has two or more)
+                donor = max((d for d in names if alloc[d] > 1), key=lambda d: (alloc[d] * n - limit * counts[d], d))
+                alloc[donor] -= 1
+                alloc[lab] = 1
+    chosen = []
+    for i in order:
+        lab = str(labels[i])
+        if alloc[lab] > 0:
+            chosen.append(i)
+            alloc[lab] -= 1
+    return sorted(chosen)
 
 
 def known_labels(task: TaskType) -> list[str] | None:
@@ -56,10 +146,13 @@ def prepare_task_data(tasks: dict[str, TaskType], tokenizer, max_length: int, sp
                       fit_labels: bool = True) -> dict[str, TaskData]:
     """Read and tokenise every split of every task; fit label vocabularies on the training split."""
     out = {}
+    keys = [source_key(t.cfg) for t in tasks.values()]
     for name, task in tasks.items():
         data = TaskData(task)
+        # rows that several tasks read may be labelled for only some of them (partially labelled data)
+        partial = source_key(task.cfg) is not None and keys.count(source_key(task.cfg)) > 1
         for split in splits:
-            examples = read_examples(task, split)
+            examples = read_examples(task, split, partial=partial)
             if examples is None:
                 if split == "train":
                     raise UserError(f"task '{name}' has no training data")

@@ -1,8 +1,10 @@
 """Which task each batch comes from, and which examples it holds: the multi-task batch plan.
 
-Every batch holds examples of ONE task. An **epoch** is as many batches as it takes to see every training
-example of every task once, i.e. ``sum_i ceil(n_i / B)`` batches (``B`` = global batch size: per-process
-batch size x number of processes). How those batches are spread over tasks depends on ``train.sampling``:
+Every batch holds examples of ONE task — or, under joint batches (``data/joint.py``), of one *source*: the
+tasks that read the same inputs, each input once; below, "task" means such a unit. An **epoch** is as many
+batches as it takes to see every training example of every task once, i.e. ``sum_i ceil(n_i / B)``
+batches (``B`` = global batch size: per-process batch size x number of processes). How those batches are
+spread over tasks depends on ``train.sampling``:
 
 - ``proportional``: exactly the batches of one pass over each task, shuffled together — each example is
   seen once per epoch, so tasks appear in proportion to their size.
@@ -43,8 +45,11 @@ class MultiTaskBatchPlan:
     ``lengths`` maps task -> token length of each training example (used by ``group_by_length``).
     """
 
-    def __init__(self, lengths: dict[str, list[int]], cfg: TrainConfig, world_size: int = 1, rank: int = 0):
+    def __init__(self, lengths: dict[str, list[int]], cfg: TrainConfig, world_size: int = 1, rank: int = 0,
+                 task_probabilities: dict[str, float] | None = None):
         self.lengths = lengths
+        # for sampling: probabilities — per unit of the plan (a joint source sums its tasks' probabilities)
+        self.task_probabilities = task_probabilities or cfg.task_probabilities
         self.cfg = cfg
         self.world_size, self.rank = world_size, rank
         self.global_batch = cfg.batch_size * world_size
@@ -67,7 +72,7 @@ class MultiTaskBatchPlan:
         elif mode == "uniform":
             weights = {t: 1.0 for t in self.sizes}
         elif mode == "probabilities":
-            weights = {t: float(self.cfg.task_probabilities[t]) for t in self.sizes}
+            weights = {t: float(self.task_probabilities[t]) for t in self.sizes}
         elif mode == "annealed":
             span = max(self.total_epochs - 1, 1)
             alpha = 1.0 - 0.8 * min(epoch, span) / span

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -46,9 +47,19 @@ class MultiTaskModel(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, tasks: Iterable[str] | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                inputs_embeds: torch.Tensor | None = None,
+                segments: list[dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
+        """Logits of ``tasks`` for one batch — or, with ``segments``, for several batches of different lengths
+        in ONE call: each segment (``input_ids``, ``attention_mask``, ``token_type_ids``, ``tasks``) runs through
+        the encoder padded to its own length, and the result holds every segment's tasks. One call means one
+        DDP forward, so the step's single backward still synchronises every head (``sampling: all_tasks``)."""
+        if segments is not None:
+            out: dict[str, torch.Tensor] = {}
+            for seg in segments:
+                out.update(self(seg["input_ids"], seg["attention_mask"], seg.get("token_type_ids"), seg["tasks"]))
+            return out
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids

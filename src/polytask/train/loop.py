@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,15 @@ from tqdm.auto import tqdm
 
 from polytask.adversarial import Perturbable
 from polytask.config import Config
-from polytask.data.features import collate, stack_batches, to_device
+from polytask.data.features import to_device
+from polytask.data.joint import segment_sources, stack_sources
 from polytask.errors import UserError
 from polytask.evaluate.runner import evaluate_split, flat_metrics
 from polytask.model.io import save_checkpoint, write_json
 from polytask.precision import PrecisionChoice, announce, resolve_precision
 from polytask.train.checkpoint import TrainerState, load_last, save_last
 from polytask.train.early_stopping import EarlyStopping
+from polytask.train.guard import check_finite
 from polytask.train.logging import RunLogger
 from polytask.train.setup import Run, build_run
 from polytask.train.state import rng_states
@@ -53,8 +56,12 @@ class TrainResult:
     is_main_process: bool = True  # False in the other processes of a multi-process run
 
 
-def train(config: Config, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Train ``config`` into ``config.train.output_dir``; ``resume`` continues from its ``last/``."""
+def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: Sequence[Any] = ()) -> TrainResult:
+    """Train ``config`` into ``config.train.output_dir``; ``resume`` continues from its ``last/``.
+
+    ``hooks``: measurement objects with ``before_step(accelerator, model, run, window, step)`` and
+    ``after_step(step)``, called around every optimizer step with the unwrapped model (``polytask affinity``
+    uses one). They observe; they must not change gradients or parameters."""
     tc = config.train
     out = Path(tc.output_dir)
     check_output_dir(out, resume, overwrite)
@@ -100,14 +107,21 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         i = state.micro_in_epoch
         while i < len(batches) and not stop:
             window = batches[i:i + tc.grad_accum * run.plan.tasks_per_step]  # micro-batches of one optimizer step
-            for task, loss in train_step(accelerator, model, run, window, state.global_step, epoch).items():
+            for hook in hooks:
+                hook.before_step(accelerator, accelerator.unwrap_model(model), run, window, state.global_step)
+            losses = train_step(accelerator, model, run, window, state.global_step, epoch)
+            check_finite(accelerator, run, window, losses, state.global_step, on_stop=(logger.close, bar.close))
+            for task, loss in losses.items():
                 running[task].append(loss)
             run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
             if tc.grad_clip is not None:
-                accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                check_finite(accelerator, run, window, {}, state.global_step, norm, on_stop=(logger.close, bar.close))
             optimizer.step()
             run.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            for hook in hooks:
+                hook.after_step(state.global_step)
             i += len(window)
             state.global_step += 1
             state.micro_in_epoch = i
@@ -139,33 +153,38 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
                step: int, epoch: int = 0) -> dict[str, float]:
     """Forward and backward over the micro-batches of one optimizer step; returns each task's loss.
 
-    The window is cut into groups of ``plan.tasks_per_step`` micro-batches (one, except under
-    ``sampling: all_tasks``, where a group holds one batch of every task). A group runs through the encoder
-    as one stacked batch, and the weighting method turns the group's losses into one backward.
+    Each micro-batch is ``(source, rows)``: a task, or under joint batches the tasks that read the same inputs,
+    whose heads all read the one encoder pass. The window is cut into groups of ``plan.tasks_per_step``
+    micro-batches (one, except under ``sampling: all_tasks``, where a group holds one batch of every source).
+    A group runs through the encoder as one stacked batch, and the weighting method turns the group's
+    losses — every task of the group — into one backward.
     """
     unwrapped = accelerator.unwrap_model(model)
     k = run.plan.tasks_per_step
     groups = [window[s:s + k] for s in range(0, len(window), k)]
     seen: dict[str, float] = {}
     for g, group in enumerate(groups):
-        batches = [collate([run.data[task].features["train"][j] for j in idx], run.tasks[task], run.pad_id)
-                   for task, idx in group]
-        inputs, rows = stack_batches(batches, run.pad_id)
-        inputs = to_device(inputs, accelerator.device)
+        batches = [run.collate(src, rows) for src, rows in group]
+        names = [t for b in batches for t in b["parts"]]
+        adversarial = [t for t in names if run.adversarial is not None and t in run.adversarial.tasks]
+        # one stacked input (adversarial methods perturb one embedding tensor), or segments of similar length
+        segments = ([stack_sources(batches, run.pad_id, run.tasks)] if adversarial
+                    else segment_sources(batches, run.pad_id, run.tasks))
+        # parts: task -> (its rows' positions in its segment [n_t], its labels [n_t, ...])
+        parts = {t: (pos.to(accelerator.device), labels.to(accelerator.device))
+                 for _, seg_parts in segments for t, (pos, labels) in seg_parts.items()}
         last = g == len(groups) - 1
         # Only the last group of the window all-reduces gradients across processes.
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
-            names = [task for task, _ in group]
-            adversarial = [t for t in names if run.adversarial is not None and t in run.adversarial.tasks]
             if adversarial:
-                objective, clean = run.adversarial.objective(perturbable(accelerator, model, run, inputs, batches,
-                                                                         names, rows, adversarial))
+                inputs = to_device(segments[0][0], accelerator.device)
+                objective, clean = run.adversarial.objective(perturbable(accelerator, model, run, inputs, parts,
+                                                                         adversarial))
             else:
-                logits = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], tasks=names)
-                objective = clean = {task: run.tasks[task].loss(logits[task][sl],
-                                                                batch["labels"].to(accelerator.device))
-                                     for task, batch, sl in zip(names, batches, rows)}
+                logits = model(segments=[{**to_device(inputs, accelerator.device), "tasks": list(seg_parts)}
+                                         for inputs, seg_parts in segments])
+                objective = clean = {t: run.tasks[t].loss(logits[t][pos], labels) for t, (pos, labels) in parts.items()}
 
             def backward(loss: torch.Tensor, **kwargs: Any) -> None:
                 accelerator.backward(loss / len(groups), **kwargs)  # mean over the window's groups
@@ -180,8 +199,8 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
     return seen
 
 
-def perturbable(accelerator: Accelerator, model, run: Run, inputs: dict[str, Any], batches: list[dict[str, Any]],
-                names: list[str], rows: list[slice], adversarial: list[str]) -> Perturbable:
+def perturbable(accelerator: Accelerator, model, run: Run, inputs: dict[str, Any],
+                parts: dict[str, tuple[torch.Tensor, torch.Tensor]], adversarial: list[str]) -> Perturbable:
     """The group's batch for an adversarial method: word embeddings looked up by the encoder's own module,
     the bare model for the ascent forwards, the training model (DDP, autocast) for the final one."""
     unwrapped = accelerator.unwrap_model(model)
@@ -197,8 +216,8 @@ def perturbable(accelerator: Accelerator, model, run: Run, inputs: dict[str, Any
         return model(None, m, tt, tasks=tasks, inputs_embeds=embeds)
 
     return Perturbable(embeds=unwrapped.input_embeddings(ids), mask=mask, token_type_ids=types,
-                       slices=dict(zip(names, rows)), adversarial=adversarial,
-                       labels={t: b["labels"].to(accelerator.device) for t, b in zip(names, batches)},
+                       rows={t: pos for t, (pos, _) in parts.items()}, adversarial=adversarial,
+                       labels={t: labels for t, (_, labels) in parts.items()},
                        tasks=run.tasks, bare_forward=bare, train_forward=trained)
 
 

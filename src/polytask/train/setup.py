@@ -6,6 +6,7 @@ All reading and validation of user data happens here, before anything is written
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,10 @@ from polytask.adversarial import ADVERSARIAL, Adversarial
 from polytask.catalog.encoders import resolve_encoder
 from polytask.config import Config
 from polytask.data.features import TaskData, prepare_task_data
+from polytask.data.joint import Source, build_sources, collate_source, describe
 from polytask.data.readers import require_file
 from polytask.data.sampling import MultiTaskBatchPlan
+from polytask.errors import UserError
 from polytask.model.encoder import apply_freeze, load_encoder, load_tokenizer
 from polytask.model.multitask import MultiTaskModel
 from polytask.tasks import TaskType, build_task
@@ -35,7 +38,8 @@ class Run:
     model: MultiTaskModel
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    plan: MultiTaskBatchPlan
+    plan: MultiTaskBatchPlan  # over sources: a task, or the tasks that share inputs (joint batches)
+    sources: dict[str, Source]
     weighting: Weighting
     adversarial: Adversarial | None  # None: train.adversarial.method is none
     epochs: int  # epochs to run (derived from max_steps when set)
@@ -45,6 +49,10 @@ class Run:
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
+
+    def collate(self, source: str, rows: list[int]) -> dict[str, Any]:
+        """The training batch of ``rows`` of a source: encoder inputs and each task's ``(positions, labels)``."""
+        return collate_source(self.sources[source], rows, self.data, self.tasks, self.pad_id)
 
 
 def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
@@ -59,8 +67,19 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     encoder = load_encoder(encoder_dir)
     apply_freeze(encoder, config.model.freeze)
     model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
-    lengths = {name: [len(f["input_ids"]) for f in d.features["train"]] for name, d in data.items()}
-    plan = MultiTaskBatchPlan(lengths, tc, world_size=world_size, rank=rank)
+    sources = {s.name: s for s in build_sources(config, data)}
+    if rank == 0:
+        for line in describe(list(sources.values())):
+            print(f"polytask: {line}", file=sys.stderr, flush=True)
+    if WEIGHTINGS.get(tc.weighting.method).needs_all_tasks and tc.sampling != "all_tasks" and len(sources) > 1:
+        raise UserError(f"config key 'train.weighting.method': {tc.weighting.method} needs every task's loss at each "
+                        "step, and the tasks could not share joint batches (" + "; ".join(
+                            s.note for s in sources.values() if s.note) + "); set train.sampling: all_tasks")
+    probs = None
+    if tc.task_probabilities:
+        probs = {n: sum(tc.task_probabilities[t] for t in s.tasks) for n, s in sources.items()}
+    plan = MultiTaskBatchPlan({n: s.lengths for n, s in sources.items()}, tc, world_size=world_size, rank=rank,
+                              task_probabilities=probs)
     steps_per_epoch = math.ceil(len(plan) / (tc.grad_accum * plan.tasks_per_step))
     if tc.max_steps is not None:
         total_steps, epochs = tc.max_steps, math.ceil(tc.max_steps / steps_per_epoch)
@@ -73,5 +92,5 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
                                                     tc.weighting.options)
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
-    return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, weighting, adversarial, epochs,
-               total_steps, steps_per_epoch)
+    return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
+               epochs, total_steps, steps_per_epoch)
