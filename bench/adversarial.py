@@ -16,7 +16,7 @@ Finished runs keep ``result.json`` under ``--output`` and are reused when their 
 
     python bench/adversarial.py --example atis --seeds 3
     python bench/adversarial.py --example english3 --seeds 3
-    python bench/adversarial.py --quick           # atis, none + fgm, 1 seed, a few steps
+    python bench/adversarial.py --quick           # atis, none + fgm, 1 seed: 16 examples/task, 32 tokens, 2 steps
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def main() -> None:
               f"{100 * best['drop_cut'][0]:+.0f}% at clean cost {best['clean_cost'][0]:+.2f} pt")
     (out / "adversarial.json").write_text(json.dumps({"example": example, "seeds": seeds, "rows": rows,
                                                       "timing": timing}, indent=2), encoding="utf-8")
+    if args.quick and not args.output:  # a quick run's fresh temporary folder
+        shutil.rmtree(out, ignore_errors=True)
     print(ratio_line(timing["none"] / max(timing.values())))
 
 

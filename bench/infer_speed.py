@@ -10,7 +10,8 @@ each side's best repetition counts. Prints ``ratio: <multi inputs/s ÷ k single-
 (goal: at least 0.9·k).
 
     python bench/infer_speed.py            # 768 inputs, 3 repetitions per side
-    python bench/infer_speed.py --quick    # 96 inputs, 1 repetition
+    python bench/infer_speed.py --quick    # 24 inputs of up to 32 tokens, batch 8, 1 repetition (labels fitted on
+                                           # 32 training examples per task)
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import example_config, machine, parser, ratio_line, setup_threads
+from common import example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
 
 
-def build_checkpoints(folder: Path, precision: str | None) -> tuple[Path, dict[str, Path]]:
+def build_checkpoints(folder: Path, precision: str | None, quick: bool) -> tuple[Path, dict[str, Path]]:
     from accelerate.utils import set_seed
 
     from polytask.catalog.encoders import resolve_encoder
@@ -38,6 +39,8 @@ def build_checkpoints(folder: Path, precision: str | None) -> tuple[Path, dict[s
     from polytask.train.setup import build_run
 
     overrides = [f"train.precision={precision}"] if precision else []
+    if quick:  # read and tokenise a few dozen examples per task, and answer with 32-token inputs
+        overrides += tiny_overrides(example_config("english3", [], folder / "unused"))
     config = example_config("english3", overrides, folder / "unused")
     set_seed(0)
     run = build_run(config)  # reads the data and fits every task's labels
@@ -81,19 +84,20 @@ def rss_mb() -> float:
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--inputs", type=int, default=None, help="inputs answered per side (default 768; --quick: 96)")
+    p.add_argument("--inputs", type=int, default=None, help="inputs answered per side (default 768; --quick: 24)")
     p.add_argument("--repeats", type=int, default=None, help="repetitions per side (default 3; --quick: 1)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="default: the example's precision")
+    p.add_argument("--batch-size", type=int, default=None, help="default 32; --quick: 8")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="default: the example's (auto)")
     p.add_argument("--child", nargs=2, metavar=("SIDE", "FOLDER"), help=argparse_hidden())
     args = p.parse_args()
-    n = args.inputs or (96 if args.quick else 768)
+    n = args.inputs or (24 if args.quick else 768)
+    args.batch_size = args.batch_size or (8 if args.quick else 32)
     if args.child:
         child(args.child[0], Path(args.child[1]), n, args.batch_size, args.threads)
         return
     repeats = args.repeats or (1 if args.quick else 3)
     folder = Path(tempfile.mkdtemp(prefix="bench-infer-"))
-    multi_dir, singles = build_checkpoints(folder, args.precision)
+    multi_dir, singles = build_checkpoints(folder, args.precision, args.quick)
     (folder / "tasks.json").write_text(json.dumps(list(singles)))
     import polytask
     from polytask.compare.cost import sample_inputs

@@ -18,7 +18,7 @@ is unchanged, so an interrupted benchmark continues where it stopped.
 
     python bench/weighting_methods.py --example english3 --seeds 3
     python bench/weighting_methods.py --example atis --seeds 3
-    python bench/weighting_methods.py --quick            # atis, 2 methods, 1 seed, a few steps
+    python bench/weighting_methods.py --quick            # atis, static + pcgrad, 1 seed: 16 examples/task, 32 tokens
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ def main() -> None:
     # side-by-side measurement this only approximates)
     static_t = next(r["s_per_step"] for r in rows if r["method"] == "static")
     slowest = max(r["s_per_step"] for r in rows)
+    if args.quick and not args.output:  # a quick run's fresh temporary folder
+        shutil.rmtree(out, ignore_errors=True)
     print(ratio_line(static_t / slowest if slowest > 0 and math.isfinite(slowest) else float("nan")))
 
 

@@ -1,14 +1,15 @@
 """Step-time overhead of each loss-weighting / gradient method against static weighting, in one run.
 
 One model is built from an example config with ``sampling: all_tasks`` (every step holds one batch of every
-task, which the gradient methods need; using it for every method keeps the steps comparable). A first
+task, which the gradient methods need; using it for every method keeps the steps comparable), in the
+example's precision (``auto``: bf16 only where this CPU runs it natively). A first
 untimed round warms every method up; then rounds alternate the methods (and their order): in each round
 every method runs the same number of full training steps (forward, its backward, clip, AdamW step). Each
 method's median seconds per step over the rounds is compared with static weighting's.
 ``ratio`` = static's time / the slowest method's time.
 
     python bench/weighting_overhead.py                 # english3, 6 rounds of 5 steps
-    python bench/weighting_overhead.py --quick         # atis, 2 rounds of 2 steps
+    python bench/weighting_overhead.py --quick         # atis, 1 round of 1 step: 32 examples, 32 tokens, batch 8
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import example_config, machine, parser, ratio_line, setup_threads
+from common import example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
 
 
 def main() -> None:
@@ -30,21 +31,24 @@ def main() -> None:
     setup_threads(args.threads)
     from accelerate import Accelerator
 
+    from polytask.precision import runtime_precision
     from polytask.train.loop import train_step
     from polytask.train.setup import build_run
     from polytask.weighting import WEIGHTINGS
 
     example = args.example or ("atis" if args.quick else "english3")
-    rounds = args.rounds or (2 if args.quick else 6)
-    steps = args.steps or (2 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else 6)
+    steps = args.steps or (1 if args.quick else 5)
     overrides = ["train.sampling=all_tasks"]
-    if args.quick:
-        overrides += ["tasks.intent.max_train_samples=64", "tasks.slots.max_train_samples=64",
-                      "train.batch_size=8"]
-    config = example_config(example, overrides, Path(tempfile.mkdtemp(prefix="bench-weighting-")) / "run")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-weighting-"))
+    if args.quick:  # a few dozen examples per task, 32 tokens, batch 8
+        overrides += tiny_overrides(example_config(example, [], tmp / "unused"))
+    config = example_config(example, overrides, tmp / "run")
     run = build_run(config)
-    acc = Accelerator(cpu=True)
-    run.model.train()
+    precision = runtime_precision(config.train.precision, "cpu")
+    acc = Accelerator(cpu=True, mixed_precision="bf16" if precision == "bf16" else "no")
+    model, optimizer = acc.prepare(run.model, run.optimizer)  # prepared: the forward runs in `precision`
+    model.train()
     names = sorted(WEIGHTINGS, key=lambda n: (n != "static", n))
     methods = {n: WEIGHTINGS.get(n)({t: c.weight for t, c in config.tasks.items()}) for n in names}
     k = run.plan.tasks_per_step
@@ -52,7 +56,8 @@ def main() -> None:
     times: dict[str, list[float]] = {n: [] for n in names}
     pos = 0
     print(f"machine: {machine()}")
-    print(f"{example}: {len(config.tasks)} tasks, sampling all_tasks, {rounds} rounds x {steps} steps per method")
+    print(f"{example}: {len(config.tasks)} tasks, sampling all_tasks, {rounds} rounds x {steps} steps per method, "
+          f"batch {config.train.batch_size}, max_length {config.model.max_length}, precision {precision}")
     for r in range(-1, rounds):  # round -1 warms every method up and is not timed
         order = names if r % 2 == 0 else list(reversed(names))
         for n in order:
@@ -63,10 +68,10 @@ def main() -> None:
                     pos = 0
                 window = plan[pos:pos + k]
                 pos += k
-                train_step(acc, run.model, run, window, step=(r + 1) * steps + s)
+                train_step(acc, model, run, window, step=(r + 1) * steps + s)
                 run.weighting.end_step(lambda t: t)
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             if r >= 0:
                 times[n].append((time.perf_counter() - start) / steps)
     static = statistics.median(times["static"])

@@ -1,7 +1,11 @@
-"""Every bench/ script runs in --quick mode and ends with its `ratio: <number>` line.
+"""Every bench/ script (each bench/*.py but common.py and gpu.py) runs in --quick mode and ends with its
+`ratio: <number>` line.
 
 The ratios themselves are not asserted (this machine is shared and noisy; BENCHMARKS.md records the full
-runs); only that both sides ran and the line is well-formed and finite.
+runs); only that both sides ran and the line is well-formed and finite. Quick modes are tiny (a few steps on
+a few dozen examples, 32 tokens) and run in the precision the hardware runs natively, so they stay fast on
+AVX2-only CPUs too. bench/gpu.py needs a GPU: here it must say so and exit 0, and its --dry-run (the same
+pipeline on the CPU with a tiny encoder) must reach its table.
 """
 
 from __future__ import annotations
@@ -13,19 +17,54 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["train_speed", "loop_overhead", "infer_speed", "precision", "char_alignment",
-                                    "weighting_overhead", "weighting_methods", "adversarial"])
-def test_bench_quick(script):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick"], capture_output=True,
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), *args], capture_output=True,
                           text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def ratio(proc: subprocess.CompletedProcess) -> float:
     last = proc.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"ratio: (\S+)", last)
     assert m, f"last line was {last!r}"
-    value = float(m.group(1))
+    return float(m.group(1))
+
+
+# every bench/ script but the shared helpers and the GPU-only one (tested below)
+SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("common", "gpu"))
+
+
+def test_known_scripts_are_found():
+    assert {"train_speed", "loop_overhead", "infer_speed", "precision", "char_alignment", "weighting_overhead",
+            "weighting_methods", "adversarial"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_quick(script):
+    proc = run_bench(script, "--quick")
+    value = ratio(proc)
     assert math.isfinite(value) and value > 0
     assert "machine:" in proc.stdout
+    if script != "char_alignment":  # the others train or infer: the auto precision decision is on the machine line
+        assert "precision auto -> " in proc.stdout
+    if script == "precision":  # which bf16 path it measured: oneDNN's own report
+        assert "oneDNN isa: " in proc.stdout and "oneDNN bf16 matmul: " in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, bench/gpu.py runs the full measurement")
+def test_gpu_bench_without_gpu():
+    proc = run_bench("gpu")
+    assert proc.stdout.strip().splitlines() == [proc.stdout.strip()]  # one line
+    assert "needs an NVIDIA GPU" in proc.stdout and "python bench/gpu.py" in proc.stdout
+
+
+def test_gpu_bench_dry_run():
+    proc = run_bench("gpu", "--dry-run", "--peak-tflops", "1")
+    assert "| lengths | joint batches |" in proc.stdout
+    assert math.isfinite(ratio(proc))

@@ -264,3 +264,8 @@ def test_all_tasks_runs_inputs_of_very_different_lengths_as_separate_segments(to
     stacked = [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
     for a, b in zip(segmented, stacked):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("raw, expected", [("off", "off"), ("'off'", "off"), ("auto", "auto"), ("on", "auto")])
+def test_joint_batches_reads_a_bare_yaml_off(raw, expected, joint_config, build_config):
+    assert build_config(joint_config(), [f"train.joint_batches={raw}"]).train.joint_batches == expected

@@ -348,6 +348,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 continue
         raise UserError(f"config key '{path}' has bad value {value!r}; expected {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool) and "off" in typing.get_args(tp):
+            value = "auto" if value else "off"  # YAML 1.1 reads a bare off/on (or no/yes) as false/true
         if value not in typing.get_args(tp):
             _bad(path, value, ", ".join(str(a) for a in typing.get_args(tp)))
         return value

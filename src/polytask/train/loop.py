@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,14 +30,14 @@ from polytask.adversarial import Perturbable
 from polytask.config import Config
 from polytask.data.features import to_device
 from polytask.data.joint import segment_sources, stack_sources
-from polytask.errors import UserError
 from polytask.evaluate.runner import evaluate_split, flat_metrics
-from polytask.model.io import save_checkpoint, write_json
-from polytask.precision import PrecisionChoice, announce, resolve_precision
+from polytask.model.io import save_checkpoint
+from polytask.precision import announce, resolve_precision
 from polytask.train.checkpoint import TrainerState, load_last, save_last
 from polytask.train.early_stopping import EarlyStopping
 from polytask.train.guard import check_finite
 from polytask.train.logging import RunLogger
+from polytask.train.output import check_output_dir, device_type, has_accelerator, start_output_dir
 from polytask.train.setup import Run, build_run
 from polytask.train.state import rng_states
 from polytask.weighting import StepContext
@@ -284,43 +283,3 @@ def log_train(logger: RunLogger, bar, run: Run, running: dict[str, list[float]],
     logger.log("train", step, {**losses, **weights, "lr": run.scheduler.get_last_lr()[0]}, epoch=epoch)
     bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
     running.clear()
-
-
-def device_type() -> str:
-    """The device type the Accelerator will pick (cuda, mps, xpu or cpu)."""
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps and mps.is_available():
-        return "mps"
-    xpu = getattr(torch, "xpu", None)
-    return "xpu" if xpu and xpu.is_available() else "cpu"
-
-
-def has_accelerator() -> bool:
-    return device_type() != "cpu"
-
-
-def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: a folder holding a run needs --resume (continue) or --overwrite (start over)."""
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
-    has_run = (out / "last").exists() or (out / "best").exists() or (out / "metrics.jsonl").exists()
-    if resume and not (out / "last").exists() and not (out / ".last.old").exists():
-        raise UserError(f"cannot resume: {out} holds no run (no last/ checkpoint)")
-    if has_run and not resume and not overwrite:
-        raise UserError(f"{out} already holds a run; add --resume to continue it or --overwrite to start over "
-                        "(or set train.output_dir)")
-
-
-def start_output_dir(out: Path, overwrite: bool, config: Config, precision: PrecisionChoice) -> None:
-    """Called only once every input has been read and checked: clear an old run (with --overwrite)."""
-    if overwrite:
-        for name in ("best", "last", "tensorboard", "metrics.jsonl", "config.json", "report.json", "report.md"):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = config.to_dict()
-    resolved["train"]["precision"] = precision.precision  # what ran; the reason beside it
-    resolved["precision_choice"] = {"requested": precision.requested, "reason": precision.reason}
-    write_json(out / "config.json", resolved)
