@@ -255,7 +255,7 @@ def test_all_tasks_runs_inputs_of_very_different_lengths_as_separate_segments(to
     run.model.zero_grad()
     train_step(Accelerator(cpu=True), run.model, run, window, step=0)
     segmented = [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
-    assert calls == [1] and sorted(lengths) == sorted(b["input_ids"].shape[1] for b in batches)
+    assert calls == [1] and sorted(lengths) == sorted(b["input_ids"].shape[1] for b in batches)  # one model call
     # the same gradient as one stacked pass padded to the longest
     inputs, parts = stack_sources(batches, run.pad_id, run.tasks)
     run.model.zero_grad()
@@ -269,3 +269,36 @@ def test_all_tasks_runs_inputs_of_very_different_lengths_as_separate_segments(to
 @pytest.mark.parametrize("raw, expected", [("off", "off"), ("'off'", "off"), ("auto", "auto"), ("on", "auto")])
 def test_joint_batches_reads_a_bare_yaml_off(raw, expected, joint_config, build_config):
     assert build_config(joint_config(), [f"train.joint_batches={raw}"]).train.joint_batches == expected
+
+
+def test_resume_takes_the_configs_learning_rate(joint_config, build_config, tmp_path):
+    """After a NaN the advice is --resume with a lower lr: the resumed optimizer must use it."""
+    data = joint_config(train={"epochs": 1})
+    polytask.train(build_config(data))
+    from polytask.train.checkpoint import load_last
+    from polytask.train.early_stopping import EarlyStopping
+    from polytask.train.setup import build_run
+
+    lower = build_config(data, ["train.lr=1e-5", "train.head_lr=1e-5"])
+    run = build_run(lower)
+    load_last(tmp_path / "run" / "last", run, EarlyStopping.from_config(lower.train.early_stopping), 0, 1)
+    assert all(g["initial_lr"] == 1e-5 for g in run.optimizer.param_groups)
+    assert all(g["lr"] <= 1e-5 for g in run.optimizer.param_groups)
+    assert run.scheduler.get_last_lr() == [g["lr"] for g in run.optimizer.param_groups]
+
+
+def test_resume_refuses_another_batch_plan(joint_config, build_config):
+    from polytask.errors import UserError
+
+    data = joint_config(train={"epochs": 2, "save_steps": 1})
+    polytask.train(build_config(data))
+    with pytest.raises(UserError, match="batch plan differs"):
+        polytask.train(build_config(data, ["train.joint_batches=off", "train.epochs=3"]), resume=True)
+
+
+def test_partially_labelled_joint_batches_refuse_methods_that_need_every_task(joint_config, build_config):
+    from polytask.errors import UserError
+
+    data = joint_config(unlabelled_every=3, train={"weighting": {"method": "pcgrad"}})
+    with pytest.raises(UserError, match="train.weighting.method"):
+        polytask.train(build_config(data))

@@ -175,9 +175,8 @@ def test_all_tasks_sampling_runs_one_model_call_per_step(toy_config, build_confi
     window = run.plan.epoch(0)[:3]
     losses = train_step(Accelerator(cpu=True), run.model, run, window, step=0)
     assert set(losses) == {"classification", "token", "regression"}
-    # one outer call; inside it, the two single-sentence tasks share a pass and the pair task has its own
-    # (the outer hook fires once per segment too: segments re-enter forward)
-    assert len(calls) == 2 and len(model_calls) == 1 + len(calls)
+    # one model call; inside it, the two single-sentence tasks share a pass and the pair task has its own
+    assert len(calls) == 2 and len(model_calls) == 1
     result = polytask.train(cfg)
     assert result.global_step == 6
     pred = polytask.load(result.best_dir).predict([{"text": "show me boston good", "text2": "boston"}])

@@ -5,7 +5,8 @@ instructions it is much faster than fp32. Where it has not, the same matmul is *
 fp32 and back around every product): on a 2-core AVX2 CPU a 640x384 @ 384x1536 product measured 545 ms in
 bf16 against 12 ms in fp32. So the rule is:
 
-- **CUDA**: bf16 when ``torch.cuda.is_bf16_supported()`` (Ampere and newer), else fp32.
+- **CUDA**: bf16 on compute capability 8.0 and newer (Ampere, Hopper, ...), else fp32 —
+  ``torch.cuda.is_bf16_supported()`` alone also says yes on GPUs that only emulate it (T4, V100).
 - **CPU (x86)**: bf16 when the CPU has ``avx512_bf16`` or ``amx_bf16`` (Cooper Lake, Sapphire Rapids and
   newer Xeons, AMD Zen 4 and newer) — the instruction sets oneDNN's bf16 kernels need — and oneDNN is not
   capped below them by ``ONEDNN_MAX_CPU_ISA``. ``torch.backends.cpu.get_cpu_capability()`` alone cannot tell:
@@ -135,8 +136,11 @@ def detect_hardware(device: torch.device | str) -> Hardware:
     kind = torch.device(device).type
     if kind not in _detected:
         if kind == "cuda":
-            hw = Hardware(device="cuda", cuda_bf16=bool(torch.cuda.is_bf16_supported()),
-                          cuda_name=torch.cuda.get_device_name())
+            # is_bf16_supported() is True on GPUs that only emulate bf16 (T4, V100); native bf16 tensor cores
+            # start with compute capability 8 (Ampere); ROCm devices report their own support
+            major, _ = torch.cuda.get_device_capability()
+            native = major >= 8 if torch.version.hip is None else bool(torch.cuda.is_bf16_supported())
+            hw = Hardware(device="cuda", cuda_bf16=native, cuda_name=torch.cuda.get_device_name())
         elif kind == "cpu":
             hw = Hardware(device="cpu", cpu_flags=_cpu_flags(),
                           cpu_capability=torch.backends.cpu.get_cpu_capability(),

@@ -68,24 +68,27 @@ class AffinityProbe:
                     for inputs, parts in segment_sources([run.collate(s, r) for s, r in window], run.pad_id,
                                                          run.tasks)]
         shared = model.shared_parameters()
-        with accelerator.autocast():
+        # the probe's dropout must not draw from the training run's random stream: with or without the hook
+        # the run takes the same path
+        with torch.random.fork_rng(devices=[]), accelerator.autocast():
             logits = model(segments=[{**inputs, "tasks": list(parts)} for inputs, parts in segments])
         losses = {t: run.tasks[t].loss(logits[t][pos], lab) * self.weights[t]
                   for _, parts in segments for t, (pos, lab) in parts.items()}
+        tasks = [t for t in self.tasks if t in losses]  # a task with no labelled row in this step is skipped
         grads = {}
-        for t in self.tasks:
+        for t in tasks:
             g = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
             grads[t] = torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).float()
                                   for x, p in zip(g, shared)])
         del logits, losses
-        for a in self.tasks:
-            for b in self.tasks:
+        for a in tasks:
+            for b in tasks:
                 # float64: an fp32 reduction over millions of values puts cos(g, g) at 1.002
                 self.cos[(a, b)].append(float(torch.nn.functional.cosine_similarity(
                     grads[a].double(), grads[b].double(), dim=0)))
         before = _losses(model, run, segments)
         saved = [p.detach().clone() for p in shared]
-        for a in self.tasks:
+        for a in tasks:
             with torch.no_grad():
                 offset = 0
                 for p in shared:
@@ -95,7 +98,7 @@ class AffinityProbe:
             with torch.no_grad():
                 for p, s in zip(shared, saved):
                     p.copy_(s)
-            for b in self.tasks:
+            for b in tasks:
                 self.look[(a, b)].append(1.0 - after[b] / before[b] if before[b] > 0 else 0.0)
         model.train()
 
@@ -137,9 +140,13 @@ def measure_affinity(config: Config, output: str | Path, steps: int | None = Non
 
 @torch.no_grad()
 def _losses(model, run, segments) -> dict[str, float]:
-    """Every task's loss on its batch, fp32, dropout off: one forward over the step's segments."""
+    """Every task's loss on its batch, fp32, dropout off: one forward over the step's segments. The class's own
+    forward is called: under mixed precision the prepared model's instance forward autocasts to bf16, where a
+    lookahead step of lr ~ 1e-4 would mostly round away."""
     model.eval()
-    logits = model(segments=[{**inputs, "tasks": list(parts)} for inputs, parts in segments])
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, enabled=False):
+        logits = type(model).forward(model, segments=[{**inputs, "tasks": list(parts)} for inputs, parts in segments])
     return {t: float(run.tasks[t].loss(logits[t][pos], lab))
             for _, parts in segments for t, (pos, lab) in parts.items()}
 

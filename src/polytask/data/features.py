@@ -49,13 +49,25 @@ def unlabelled(value: Any) -> bool:
 
 
 def read_examples(task: TaskType, split: str, labelled: bool = True, partial: bool = False) -> list[Example] | None:
-    """A split's examples. With ``partial`` (the task shares its rows with other tasks), rows with no label for
-    this task are left out of it — they still train the others — instead of being an error."""
+    """A split's examples, ``max_*_samples`` of them when set (a seeded sample, see ``subset_indices``).
+
+    With ``partial`` (the task shares its rows with other tasks), the sample is drawn over all of the source's
+    rows and without stratification, so every task reading the source with the same limit gets the same rows
+    (they share joint batches); then rows with no label for this task are left out of it — they still train
+    the others — instead of being an error. A task reading its rows alone is sampled stratified by label
+    (single-label classification)."""
     rows = task_rows(task.name, task.cfg, split)
     if rows is None:
         return None
     if not rows:
         raise UserError(f"the {split} split of task '{task.name}' has no rows")
+    limit = task.cfg.max_train_samples if split == "train" else task.cfg.max_eval_samples
+    sampled = bool(limit and limit < len(rows))
+    if sampled:
+        # Stratified for single-label classification: a file sorted by class must not give a one-class subset.
+        labels = ([task.row_label(rec, where) for where, rec in rows]
+                  if labelled and task.type_name == "classification" and not partial else None)
+        rows = [rows[i] for i in subset_indices(len(rows), limit, subset_seed(task.cfg, split), labels)]
     if partial and labelled:
         kept = [(w, rec) for w, rec in rows if not unlabelled(rec.get(task.cfg.label))]
         if kept and len(kept) < len(rows):
@@ -63,13 +75,6 @@ def read_examples(task: TaskType, split: str, labelled: bool = True, partial: bo
                   f"{data_source(task.cfg, split)} have no '{task.cfg.label}' label; they are left out of this "
                   "task only", file=sys.stderr, flush=True)
             rows = kept
-    limit = task.cfg.max_train_samples if split == "train" else task.cfg.max_eval_samples
-    sampled = bool(limit and limit < len(rows))
-    if sampled:
-        # Stratified for single-label classification: a file sorted by class must not give a one-class subset.
-        labels = ([task.row_label(rec, where) for where, rec in rows]
-                  if labelled and task.type_name == "classification" else None)
-        rows = [rows[i] for i in subset_indices(len(rows), limit, subset_seed(task.cfg, split), labels)]
     examples = [task.read(rec, where, labelled=labelled) for where, rec in rows]
     if split == "train" and labelled and task.type_name == "classification":
         found = {ex.label for ex in examples}

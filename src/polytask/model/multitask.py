@@ -58,8 +58,15 @@ class MultiTaskModel(nn.Module):
         if segments is not None:
             out: dict[str, torch.Tensor] = {}
             for seg in segments:
-                out.update(self(seg["input_ids"], seg["attention_mask"], seg.get("token_type_ids"), seg["tasks"]))
+                out.update(self.run_heads(seg["input_ids"], seg["attention_mask"], seg.get("token_type_ids"),
+                                          seg["tasks"]))
             return out
+        return self.run_heads(input_ids, attention_mask, token_type_ids, tasks, inputs_embeds)
+
+    def run_heads(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                  token_type_ids: torch.Tensor | None = None, tasks: Iterable[str] | None = None,
+                  inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One batch through the encoder and the requested heads (what ``forward`` does per segment)."""
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids

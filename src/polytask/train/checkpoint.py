@@ -28,6 +28,15 @@ class TrainerState:
     early_stopping: dict[str, Any] = field(default_factory=dict)
     weighting: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # what the batch plan was built from (see plan_signature)
+
+
+def plan_signature(run) -> dict[str, Any]:
+    """What decides the batch plan: the sources (joint batches) and their sizes, sampling, batch size and
+    accumulation. Resuming under another plan would skip the wrong batches."""
+    tc = run.config.train
+    return {"sources": {n: len(s) for n, s in run.sources.items()}, "sampling": tc.sampling,
+            "batch_size": tc.batch_size, "grad_accum": tc.grad_accum}
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
@@ -40,11 +49,25 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path)
                             f"(at {', '.join(f'{section}.{k}' for k in diff)}); use the run's config or --overwrite")
 
 
+def check_same_plan(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
+    if not saved:  # saved before joint batches existed: then every source was one task
+        if any("+" in n for n in current["sources"]):  # a joint source's name joins its tasks' names
+            raise UserError(f"cannot resume: {folder} was saved before joint batches; add --set "
+                            "train.joint_batches=off to resume it")
+        return
+    if saved != current:
+        diff = [k for k in current if saved.get(k) != current[k]]
+        raise UserError(f"cannot resume: the batch plan differs from the run in {folder} (at "
+                        f"{', '.join(diff)}: saved {[saved.get(k) for k in diff]}, now {[current[k] for k in diff]}); "
+                        "resume with the run's train.joint_batches, sampling, batch_size and grad_accum")
+
+
 def save_last(folder: Path, run, model, trainer_state: TrainerState, early: EarlyStopping,
               rng_per_rank: list[dict[str, Any]]) -> None:
     """Write ``last/`` atomically: a loadable checkpoint plus everything needed to resume."""
     trainer_state.early_stopping = early.state_dict()
     trainer_state.weighting = run.weighting.state_dict()
+    trainer_state.plan = plan_signature(run)
 
     def fill(tmp: Path) -> None:
         fill_model_folder(tmp, model, run.tokenizer, run.config, run.tasks)
@@ -69,10 +92,17 @@ def load_last(folder: Path, run, early: EarlyStopping, rank: int, world_size: in
     if saved_world != world_size:
         raise UserError(f"cannot resume: {folder} was saved by {saved_world} process(es) but this run has "
                         f"{world_size}; the batch plan depends on it, so resume with {saved_world}")
+    trainer_state = TrainerState(**json.loads((sd / "trainer_state.json").read_text()))
+    check_same_plan(trainer_state.plan, plan_signature(run), folder)
+    fresh = [g["initial_lr"] for g in run.optimizer.param_groups]  # this config's learning rates
     load_model(run.model, str(folder / WEIGHTS_FILE))
     st.optimizer_from_files(run.optimizer, sd)
     run.scheduler.load_state_dict(json.loads((sd / "scheduler.json").read_text()))
-    trainer_state = TrainerState(**json.loads((sd / "trainer_state.json").read_text()))
+    # the saved state carries the old learning rates; the config's win (resume after a NaN with a lower lr)
+    run.scheduler.base_lrs = list(fresh)
+    for group, base, factor in zip(run.optimizer.param_groups, fresh, run.scheduler.lr_lambdas):
+        group["initial_lr"], group["lr"] = base, base * factor(run.scheduler.last_epoch)
+    run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]
     early.load_state_dict(trainer_state.early_stopping)
     run.weighting.load_state_dict(trainer_state.weighting)
     st.set_rng_states(st.load_rng(sd, rank))

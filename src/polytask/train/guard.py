@@ -11,6 +11,7 @@ Nothing of that step is applied or saved, so ``best/`` and the last ``last/`` ar
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
@@ -52,8 +53,12 @@ def check_finite(accelerator, run, window: list[tuple[str, list[int]]], losses: 
         return
     for close in on_stop:
         close()
-    out = run.config.train.output_dir
-    raise NonFiniteLossError(
-        f"training stopped at optimizer step {step + 1}: " + "; ".join(bad) + ". Nothing of this step was applied "
-        f"or saved: {out}/best and {out}/last hold the last good state; continue with --resume (perhaps with a lower "
-        "train.lr, or after fixing that row)")
+    out = Path(run.config.train.output_dir)
+    if (out / "last").exists():
+        kept = (f"{out}/last (and {out}/best) hold the last good state; continue with --resume (perhaps with a "
+                "lower train.lr, or after fixing that row)")
+    else:
+        kept = ("no checkpoint had been saved yet; start again (perhaps with a lower train.lr, or after fixing "
+                "that row), or set train.save_steps to keep resumable states more often")
+    raise NonFiniteLossError(f"training stopped at optimizer step {step + 1}: " + "; ".join(bad)
+                             + f". Nothing of this step was applied or saved: {kept}")

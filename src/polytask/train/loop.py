@@ -1,10 +1,12 @@
 """The training loop — one loop for every feature.
 
-Follow one batch: ``build_run`` (train/setup.py) has read and tokenised every task; the batch plan
-(data/sampling.py) says which task and which examples come next; ``collate`` pads them to the batch's
-longest input; the model runs the encoder and that task's head; the task type computes its loss; the
-weighting method turns the step's losses into ``backward()``; after ``grad_accum`` micro-batches (times
-the number of tasks under ``sampling: all_tasks``) the optimizer steps. Validation runs each epoch (and
+Follow one batch: ``build_run`` (train/setup.py) has read and tokenised every task and grouped the tasks that
+read the same inputs into sources (data/joint.py); the batch plan (data/sampling.py) says which source and
+which rows come next; ``run.collate`` pads them to the batch's longest input and gives each task its labelled
+rows; the model runs the encoder once and every task's head; each task type computes its loss; the guard
+(train/guard.py) stops on a non-finite one; the weighting method turns the step's losses into ``backward()``;
+after ``grad_accum`` micro-batches (times the number of sources under ``sampling: all_tasks``) the optimizer
+steps. Validation runs each epoch (and
 every ``eval_steps``), keeps ``best/`` and early-stops;
 ``last/`` holds everything needed for ``--resume``.
 """
@@ -155,13 +157,14 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
     Each micro-batch is ``(source, rows)``: a task, or under joint batches the tasks that read the same inputs,
     whose heads all read the one encoder pass. The window is cut into groups of ``plan.tasks_per_step``
     micro-batches (one, except under ``sampling: all_tasks``, where a group holds one batch of every source).
-    A group runs through the encoder as one stacked batch, and the weighting method turns the group's
+    A group runs as one model call — its batches stacked where their lengths are close, separate segments where
+    not (one stacked batch under adversarial training) — and the weighting method turns the group's
     losses — every task of the group — into one backward.
     """
     unwrapped = accelerator.unwrap_model(model)
     k = run.plan.tasks_per_step
     groups = [window[s:s + k] for s in range(0, len(window), k)]
-    seen: dict[str, float] = {}
+    seen: dict[str, list[float]] = {}
     for g, group in enumerate(groups):
         batches = [run.collate(src, rows) for src, rows in group]
         names = [t for b in batches for t in b["parts"]]
@@ -194,8 +197,9 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
                               last_layer_parameters=unwrapped.last_layer_parameters)
             run.weighting.backward(objective, ctx)
         for task, loss in clean.items():  # the clean loss: comparable with and without adversarial training
-            seen[task] = float(loss.detach())
-    return seen
+            seen.setdefault(task, []).append(float(loss.detach()))
+    # mean over the window's groups: a NaN in any micro-batch stays NaN for the guard
+    return {task: sum(v) / len(v) for task, v in seen.items()}
 
 
 def perturbable(accelerator: Accelerator, model, run: Run, inputs: dict[str, Any],

@@ -75,6 +75,12 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         raise UserError(f"config key 'train.weighting.method': {tc.weighting.method} needs every task's loss at each "
                         "step, and the tasks could not share joint batches (" + "; ".join(
                             s.note for s in sources.values() if s.note) + "); set train.sampling: all_tasks")
+    method = WEIGHTINGS.get(tc.weighting.method)
+    partial = [f"'{t}' in {s.name}" for s in sources.values() if s.joint for t in s.tasks if min(s.index[t]) < 0]
+    if partial and not method.partial_labels_ok:
+        raise UserError(f"config key 'train.weighting.method': {tc.weighting.method} needs every task's loss in "
+                        f"every joint batch, but some rows have no label for {', '.join(partial)}; use static, uw "
+                        "or rlw, label every row, or set train.joint_batches: off")
     probs = None
     if tc.task_probabilities:
         probs = {n: sum(tc.task_probabilities[t] for t in s.tasks) for n, s in sources.items()}

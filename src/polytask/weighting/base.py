@@ -46,6 +46,9 @@ class Weighting:
     options: dict[str, Any] = {}  # option name -> default
     # True for methods that need every task's loss at each step: they require ``sampling: all_tasks``.
     needs_all_tasks = False
+    # True for methods whose cross-process bookkeeping does not depend on which tasks a batch holds, so a
+    # partially labelled joint batch (a task with no labelled row on some process) cannot desynchronise them.
+    partial_labels_ok = False
 
     def __init__(self, task_weights: dict[str, float], options: dict[str, Any] | None = None):
         self.task_weights = dict(task_weights)

@@ -26,6 +26,8 @@ class RandomLossWeighting(Weighting):
           weighting: {method: rlw}
     """
 
+    partial_labels_ok = True  # per-task state is a fixed vector over every task
+
     options = {"seed": 0}
 
     def __init__(self, task_weights, options=None):

@@ -20,6 +20,8 @@ class StaticWeighting(Weighting):
           weighting: {method: static}
     """
 
+    partial_labels_ok = True  # per-task state is a fixed vector over every task
+
     def backward(self, losses: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
         total = sum(self.task_weights[t] * loss for t, loss in losses.items())
         ctx.backward(total)

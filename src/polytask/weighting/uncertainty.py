@@ -28,6 +28,8 @@ class UncertaintyWeighting(Weighting):
           weighting: {method: uw, lr: 0.01}
     """
 
+    partial_labels_ok = True  # per-task state is a fixed vector over every task
+
     options = {"lr": 0.01}
 
     def __init__(self, task_weights, options=None):
