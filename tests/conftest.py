@@ -64,17 +64,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def toy_utterance(rng: random.Random) -> tuple[list[str], str, int, str]:
+    """Four filler words with a city inserted somewhere and a mood word at the end: (words, city, pos, mood)."""
+    words = rng.sample(FILLER, 4)
+    city = rng.choice(CITIES)
+    pos = rng.randrange(len(words) + 1)
+    words.insert(pos, city)
+    mood = rng.choice(["good", "bad"])
+    words.append(mood)
+    return words, city, pos, mood
+
+
 def toy_rows(kind: str, n: int, seed: int) -> list[dict]:
     """Learnable toy data: the label is a simple function of the words."""
     rng = random.Random(f"{kind}-{seed}")
     rows = []
     for _ in range(n):
-        words = rng.sample(FILLER, 4)
-        city = rng.choice(CITIES)
-        pos = rng.randrange(len(words) + 1)
-        words.insert(pos, city)
-        mood = rng.choice(["good", "bad"])
-        words.append(mood)
+        words, city, pos, mood = toy_utterance(rng)
         text = " ".join(words)
         if kind == "classification":
             rows.append({"text": text, "label": "pos" if mood == "good" else "neg"})

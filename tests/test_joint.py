@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import polytask
-from tests.conftest import CITIES, FILLER, write_jsonl
+from tests.conftest import CITIES, toy_utterance, write_jsonl
 from tests.test_resume_ddp import final_eval, interrupt_and_resume, train_two_processes, write_config
 
 
@@ -18,12 +18,7 @@ def joint_rows(n: int, seed: int, unlabelled_every: int = 0) -> list[dict]:
     rng = random.Random(f"joint-{seed}")
     rows = []
     for i in range(n):
-        words = rng.sample(FILLER, 4)
-        city = rng.choice(CITIES)
-        pos = rng.randrange(len(words) + 1)
-        words.insert(pos, city)
-        mood = rng.choice(["good", "bad"])
-        words.append(mood)
+        words, city, pos, mood = toy_utterance(rng)
         tags = ["O"] * len(words)
         tags[pos] = "B-city"
         row = {"text": " ".join(words), "words": words, "label": "pos" if mood == "good" else "neg",

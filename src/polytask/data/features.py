@@ -170,8 +170,9 @@ def prepare_task_data(tasks: dict[str, TaskType], tokenizer, max_length: int, sp
     return out
 
 
-def collate(features: list[dict[str, Any]], task: TaskType, pad_id: int) -> dict[str, Any]:
-    """Pad one task's features to the longest in the batch (not to max_length)."""
+def pad_inputs(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """The encoder input of ``features`` padded to the longest of them (not to max_length): ``input_ids``,
+    ``attention_mask`` and ``token_type_ids``, each [B, T]."""
     seq_len = max(len(f["input_ids"]) for f in features)
     n = len(features)
     input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)  # [B, T]
@@ -183,8 +184,13 @@ def collate(features: list[dict[str, Any]], task: TaskType, pad_id: int) -> dict
         attention_mask[i, :k] = 1
         if "token_type_ids" in f:
             token_type_ids[i, :k] = torch.tensor(f["token_type_ids"])
-    batch: dict[str, Any] = {"task": task.name, "input_ids": input_ids, "attention_mask": attention_mask,
-                             "token_type_ids": token_type_ids}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+def collate(features: list[dict[str, Any]], task: TaskType, pad_id: int) -> dict[str, Any]:
+    """Pad one task's features to the longest in the batch (not to max_length)."""
+    batch: dict[str, Any] = {"task": task.name, **pad_inputs(features, pad_id)}
+    seq_len = batch["input_ids"].shape[1]
     if all("labels" in f for f in features):
         batch["labels"] = task.collate_labels([f["labels"] for f in features], seq_len)
     if task.level == "token":

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from polytask.config import Config
-from polytask.data.features import TaskData, source_key
+from polytask.data.features import TaskData, pad_inputs, source_key
 from polytask.tasks import TaskType
 from polytask.tasks.base import IGNORE_INDEX
 
@@ -126,17 +126,8 @@ def collate_source(source: Source, rows: list[int], data: dict[str, TaskData], t
     for r in rows:
         t = next(t for t in source.tasks if source.index[t][r] >= 0)
         feats.append(data[t].features["train"][source.index[t][r]])
-    seq_len = max(len(f["input_ids"]) for f in feats)
-    n = len(feats)
-    input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)  # [B, T]
-    attention_mask = torch.zeros((n, seq_len), dtype=torch.long)  # [B, T]
-    token_type_ids = torch.zeros((n, seq_len), dtype=torch.long)  # [B, T]
-    for i, f in enumerate(feats):
-        k = len(f["input_ids"])
-        input_ids[i, :k] = torch.tensor(f["input_ids"])
-        attention_mask[i, :k] = 1
-        if "token_type_ids" in f:
-            token_type_ids[i, :k] = torch.tensor(f["token_type_ids"])
+    batch: dict[str, Any] = pad_inputs(feats, pad_id)
+    seq_len = batch["input_ids"].shape[1]
     parts = {}
     for t in source.tasks:
         pos = [k for k, r in enumerate(rows) if source.index[t][r] >= 0]
@@ -145,8 +136,8 @@ def collate_source(source: Source, rows: list[int], data: dict[str, TaskData], t
         labels = tasks[t].collate_labels([data[t].features["train"][source.index[t][rows[k]]]["labels"]
                                           for k in pos], seq_len)
         parts[t] = (torch.tensor(pos, dtype=torch.long), labels)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-            "parts": parts}
+    batch["parts"] = parts
+    return batch
 
 
 def describe(sources: list[Source]) -> list[str]:
