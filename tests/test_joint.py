@@ -297,3 +297,29 @@ def test_partially_labelled_joint_batches_refuse_methods_that_need_every_task(jo
     data = joint_config(unlabelled_every=3, train={"weighting": {"method": "pcgrad"}})
     with pytest.raises(UserError, match="train.weighting.method"):
         polytask.train(build_config(data))
+
+
+def test_atis_runs_each_utterance_through_the_encoder_once_per_epoch(tiny_encoder, tmp_path, monkeypatch):
+    """examples/atis.yaml (intent reads `text`, slots read `words`): one encoder pass per utterance per epoch."""
+    import importlib
+    from pathlib import Path
+
+    from polytask.config import load_config
+
+    setup = importlib.import_module("polytask.train.setup")
+    real = setup.MultiTaskModel
+    counts: list[list[int]] = []
+
+    def spying(*a, **kw):
+        m = real(*a, **kw)
+        counts.append(count_encoder_rows(m))
+        return m
+
+    monkeypatch.setattr(setup, "MultiTaskModel", spying)
+    example = Path(__file__).parent.parent / "examples" / "atis.yaml"
+    cfg = load_config(example, [f"model.encoder={tiny_encoder}", "train.epochs=1", f"train.output_dir={tmp_path}",
+                                "train.progress=false", "train.tensorboard=false", "train.precision=fp32",
+                                "tasks.intent.max_eval_samples=16", "tasks.slots.max_eval_samples=16"])
+    result = polytask.train(cfg)
+    assert sum(counts[0]) == 4123  # the ATIS training utterances, each once (not once per task)
+    assert result.global_step == 258  # ceil(4123 / 16) joint batches
