@@ -81,19 +81,19 @@ def build_encoder(folder: Path, tiny: bool) -> Path:
 
 
 def instrument(pad_to: int | None, shapes: list):
-    """Wrap ``MultiTaskModel.forward`` (before ``polytask.train`` builds the model): in training mode, record
-    each forward's (rows, padded length, real-token count tensor) and, with ``pad_to``, pad the inputs to
-    ``pad_to`` tokens ([PAD] = id 0, attention mask 0) and cut the token logits back to the batch's length.
-    Returns a function that restores the original forward."""
+    """Wrap ``MultiTaskModel.run_heads`` (one encoder pass; ``forward`` calls it once per segment) before
+    ``polytask.train`` builds the model: in training mode, record each pass's (rows, padded length, real-token
+    count tensor) and, with ``pad_to``, pad the inputs to ``pad_to`` tokens ([PAD] = id 0, attention mask 0)
+    and cut the token logits back to the batch's length. Returns a function that restores the original."""
     import torch.nn.functional as F
 
     from polytask.model.multitask import MultiTaskModel
 
-    original = MultiTaskModel.forward
+    original = MultiTaskModel.run_heads
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, tasks=None, **kwargs):
-        if not self.training or input_ids is None or kwargs:  # eval, embeddings input, or a call of segments
-            return original(self, input_ids, attention_mask, token_type_ids, tasks, **kwargs)  # (each recurses here)
+    def run_heads(self, input_ids, attention_mask, token_type_ids=None, tasks=None, inputs_embeds=None):
+        if not self.training or input_ids is None:  # eval, or embeddings input
+            return original(self, input_ids, attention_mask, token_type_ids, tasks, inputs_embeds)
         t = input_ids.shape[1]
         if pad_to and t < pad_to:
             input_ids = F.pad(input_ids, (0, pad_to - t), value=0)
@@ -104,8 +104,8 @@ def instrument(pad_to: int | None, shapes: list):
         out = original(self, input_ids, attention_mask, token_type_ids, tasks)
         return {k: v[:, :t] if v.dim() == 3 else v for k, v in out.items()}  # token logits [B, T, C]
 
-    MultiTaskModel.forward = forward
-    return lambda: setattr(MultiTaskModel, "forward", original)
+    MultiTaskModel.run_heads = run_heads
+    return lambda: setattr(MultiTaskModel, "run_heads", original)
 
 
 def step_times(out: Path, warmup: int, steps: int) -> dict[int, float]:
