@@ -76,7 +76,9 @@ def test_joint_batches_off_trains_one_task_per_batch(joint_config, build_config)
     assert list(run.sources) == ["mood", "city"] and run.steps_per_epoch == 6
 
 
-def test_an_epoch_runs_each_input_through_the_encoder_once(joint_config, build_config, monkeypatch):
+@pytest.fixture
+def encoder_rows(monkeypatch) -> list[list[int]]:
+    """Per model that ``train`` builds, the row count of every training-mode encoder pass."""
     import importlib
 
     setup = importlib.import_module("polytask.train.setup")  # (polytask.train is also the train() function)
@@ -89,6 +91,11 @@ def test_an_epoch_runs_each_input_through_the_encoder_once(joint_config, build_c
         return m
 
     monkeypatch.setattr(setup, "MultiTaskModel", spying)
+    return counts
+
+
+def test_an_epoch_runs_each_input_through_the_encoder_once(joint_config, build_config, encoder_rows):
+    counts = encoder_rows
     result = polytask.train(build_config(joint_config(n_train=24, train={"epochs": 1})))
     assert sum(counts[0]) == 24  # 24 utterances, each once, for both tasks
     assert result.global_step == 3
@@ -299,23 +306,13 @@ def test_partially_labelled_joint_batches_refuse_methods_that_need_every_task(jo
         polytask.train(build_config(data))
 
 
-def test_atis_runs_each_utterance_through_the_encoder_once_per_epoch(tiny_encoder, tmp_path, monkeypatch):
+def test_atis_runs_each_utterance_through_the_encoder_once_per_epoch(tiny_encoder, tmp_path, encoder_rows):
     """examples/atis.yaml (intent reads `text`, slots read `words`): one encoder pass per utterance per epoch."""
-    import importlib
     from pathlib import Path
 
     from polytask.config import load_config
 
-    setup = importlib.import_module("polytask.train.setup")
-    real = setup.MultiTaskModel
-    counts: list[list[int]] = []
-
-    def spying(*a, **kw):
-        m = real(*a, **kw)
-        counts.append(count_encoder_rows(m))
-        return m
-
-    monkeypatch.setattr(setup, "MultiTaskModel", spying)
+    counts = encoder_rows
     example = Path(__file__).parent.parent / "examples" / "atis.yaml"
     cfg = load_config(example, [f"model.encoder={tiny_encoder}", "train.epochs=1", f"train.output_dir={tmp_path}",
                                 "train.progress=false", "train.tensorboard=false", "train.precision=fp32",
