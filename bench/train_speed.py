@@ -71,21 +71,22 @@ def main() -> None:
               f"{seed_side['examples_per_second']:.1f} examples/s; test: {fmt(seed_metrics)}")
 
     examples = sum(sizes.values()) * epochs  # task-examples: an utterance labelled for 2 tasks counts twice
+
+    def timed(cfg, label: str) -> tuple[float, dict[str, float]]:
+        """Train ``cfg`` with polytask; its seconds (validation and checkpoints included) and test metrics."""
+        start = time.perf_counter()
+        result = polytask.train(cfg)
+        seconds = time.perf_counter() - start
+        metrics = test_metrics(result.model, run, cfg.train.precision)
+        print(f"{label}: {examples} examples in {seconds:.1f} s = {examples / seconds:.1f} examples/s "
+              f"(validation and checkpoints included); test: {fmt(metrics)}")
+        shutil.rmtree(cfg.train.output_dir, ignore_errors=True)
+        return seconds, metrics
+
     # polytask with joint batches off, then as configured: the speed-up of joint batches alone
     off = example_config(args.config, [*overrides, "train.joint_batches='off'"], tmp / "polytask-separate")
-    start = time.perf_counter()
-    separate = polytask.train(off)
-    off_seconds = time.perf_counter() - start
-    off_metrics = test_metrics(separate.model, run, config.train.precision)
-    print(f"polytask, joint_batches off: {examples} examples in {off_seconds:.1f} s = "
-          f"{examples / off_seconds:.1f} examples/s; test: {fmt(off_metrics)}")
-    shutil.rmtree(tmp / "polytask-separate", ignore_errors=True)
-    start = time.perf_counter()
-    result = polytask.train(config)
-    seconds = time.perf_counter() - start
-    pt_metrics = test_metrics(result.model, run, config.train.precision)
-    print(f"polytask:    {examples} examples in {seconds:.1f} s = {examples / seconds:.1f} examples/s "
-          f"(validation and checkpoints included); test: {fmt(pt_metrics)}")
+    off_seconds, _ = timed(off, "polytask, joint_batches off")
+    seconds, pt_metrics = timed(config, "polytask")
     print(f"joint batches alone: {off_seconds / seconds:.2f}x faster than one task per batch "
           f"({len(run.sources)} source(s) for {len(run.tasks)} tasks)")
     shutil.rmtree(tmp, ignore_errors=True)  # ~350 MB of checkpoints

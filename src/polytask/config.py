@@ -71,8 +71,8 @@ class TaskConfig:
     metric: str | None = None
     # Keep a random sample of N training rows (quick runs), in file order: seeded by the file's name and the
     # split, not the task, so tasks reading one file pick the same rows (a built-in dataset: the first N of
-    # its seeded shuffled order); stratified by label for classification (each label's share kept, every
-    # label at least once when N allows).
+    # its seeded shuffled order); a classification task reading its file alone is stratified by label (each
+    # label's share kept, every label at least once when N allows).
     max_train_samples: int | None = None
     max_eval_samples: int | None = None  # the same for validation/test rows
 

@@ -42,7 +42,7 @@ class Hardware:
     """What the decision looks at; ``detect_hardware`` reads it, tests build it by hand."""
 
     device: str  # "cuda", "cpu", "mps", "xpu", ...
-    cuda_bf16: bool = False  # torch.cuda.is_bf16_supported()
+    cuda_bf16: bool = False  # native bf16: compute capability >= 8 (ROCm: torch.cuda.is_bf16_supported())
     cuda_name: str = ""
     cpu_flags: frozenset[str] = frozenset()  # of interest: avx512_bf16, amx_bf16, bf16 (ARM), avx2, avx512f
     cpu_capability: str = ""  # torch.backends.cpu.get_cpu_capability(): DEFAULT, AVX2, AVX512, ...

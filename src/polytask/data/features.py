@@ -16,7 +16,6 @@ from polytask.config import TaskConfig
 from polytask.data.readers import Rows, read_rows
 from polytask.errors import UserError
 from polytask.tasks import Example, TaskType
-from polytask.tasks.base import IGNORE_INDEX
 
 SPLITS = ("train", "validation", "test")
 
@@ -206,27 +205,3 @@ TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if k in TENSOR_KEYS and isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def stack_batches(batches: list[dict[str, Any]], pad_id: int) -> tuple[dict[str, Any], list[slice]]:
-    """Several tasks' collated batches as ONE encoder input: rows stacked, padded to the longest.
-
-    Returns the stacked ``input_ids`` / ``attention_mask`` / ``token_type_ids`` and, per batch, the slice
-    of rows it occupies. Each batch's ``labels`` of token tasks are padded (in place) to the new length.
-    One batch is returned as it is."""
-    if len(batches) == 1:
-        return batches[0], [slice(None)]
-    seq_len = max(b["input_ids"].shape[1] for b in batches)
-    parts: dict[str, list[torch.Tensor]] = {"input_ids": [], "attention_mask": [], "token_type_ids": []}
-    rows, start = [], 0
-    for b in batches:
-        n, t = b["input_ids"].shape
-        pad = seq_len - t
-        for key, value in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            parts[key].append(torch.nn.functional.pad(b[key], (0, pad), value=value))
-        labels = b.get("labels")
-        if labels is not None and "first_token" in b and labels.shape[1] < seq_len:  # token task: per position
-            b["labels"] = torch.nn.functional.pad(labels, (0, seq_len - labels.shape[1]), value=IGNORE_INDEX)
-        rows.append(slice(start, start + n))
-        start += n
-    return {k: torch.cat(v) for k, v in parts.items()}, rows

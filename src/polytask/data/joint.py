@@ -60,15 +60,16 @@ def build_sources(config: Config, data: dict[str, TaskData]) -> list[Source]:
     names = list(data)
     if config.train.joint_batches == "off":
         return [_single(t, data[t]) for t in names]
+    key = {t: source_key(config.tasks[t]) or ("task", t) for t in names}
     by_key: dict[tuple, list[str]] = {}
     for t in names:
-        by_key.setdefault(source_key(config.tasks[t]) or ("task", t), []).append(t)
+        by_key.setdefault(key[t], []).append(t)
     sources: list[Source] = []
     placed: set[str] = set()
     for t in names:
         if t in placed:
             continue
-        candidates = [c for c in by_key[source_key(config.tasks[t]) or ("task", t)] if c not in placed]
+        candidates = [c for c in by_key[key[t]] if c not in placed]
         group, rows, notes = [t], _rows_of(data[t]), []
         for other in candidates[1:]:
             clash = _merge(rows, other, data[other])

@@ -71,11 +71,11 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     if rank == 0:
         for line in describe(list(sources.values())):
             print(f"polytask: {line}", file=sys.stderr, flush=True)
-    if WEIGHTINGS.get(tc.weighting.method).needs_all_tasks and tc.sampling != "all_tasks" and len(sources) > 1:
+    method = WEIGHTINGS.get(tc.weighting.method)
+    if method.needs_all_tasks and tc.sampling != "all_tasks" and len(sources) > 1:
         raise UserError(f"config key 'train.weighting.method': {tc.weighting.method} needs every task's loss at each "
                         "step, and the tasks could not share joint batches (" + "; ".join(
                             s.note for s in sources.values() if s.note) + "); set train.sampling: all_tasks")
-    method = WEIGHTINGS.get(tc.weighting.method)
     partial = [f"'{t}' in {s.name}" for s in sources.values() if s.joint for t in s.tasks if min(s.index[t]) < 0]
     if partial and not method.partial_labels_ok:
         raise UserError(f"config key 'train.weighting.method': {tc.weighting.method} needs every task's loss in "
@@ -94,8 +94,7 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     plan.total_epochs = epochs  # annealed sampling needs it
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, total_steps)
-    weighting = WEIGHTINGS.get(tc.weighting.method)({n: t.weight for n, t in config.tasks.items()},
-                                                    tc.weighting.options)
+    weighting = method({n: t.weight for n, t in config.tasks.items()}, tc.weighting.options)
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
     return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
