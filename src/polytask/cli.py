@@ -42,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a run already in train.output_dir")
     t.set_defaults(func=cmd_train)
 
+    ds = sub.add_parser("distill", help="train a smaller student from trained teachers (train.distill), and "
+                                        "compare it with its teacher and with the same student trained from labels")
+    ds.add_argument("config", help="YAML config file with a train.distill section")
+    ds.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config entry, e.g. --set train.distill.alpha=0.7 (repeatable)")
+    ds.add_argument("--resume", action="store_true", help="continue the runs from their last/")
+    ds.add_argument("--overwrite", action="store_true", help="replace runs already in the output folders")
+    ds.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip the student trained from labels only")
+    ds.add_argument("--inference-samples", type=int, default=256,
+                    help="inputs timed for the teacher/student speed comparison (0 to skip)")
+    ds.set_defaults(func=cmd_distill)
+
     e = sub.add_parser("evaluate", help="per-task metrics of a trained model on a split")
     e.add_argument("run", help="run folder (its best/ checkpoint is used) or checkpoint folder")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -126,6 +139,22 @@ def cmd_train(args) -> int:
     if result.validation:
         print("last validation: " + "  ".join(f"{k}={v:.4f}" for k, v in result.validation.items()
                                               if k.count(".") == 0 or k.endswith(("accuracy", ".f1"))))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from polytask.config import load_config
+    from polytask.distill.runner import distill, markdown
+
+    config = load_config(args.config, args.overrides)
+    if not config.train.distill.enabled:
+        raise UserError(f"{args.config}: polytask distill needs a train.distill section with a teacher, e.g. "
+                        "train.distill: {teacher: runs/atis, student: {layers: 3}}")
+    result = distill(config, resume=args.resume, overwrite=args.overwrite, baseline=args.baseline,
+                     inference_samples=args.inference_samples)
+    if result.summary:
+        print(markdown(result.summary))
+        print(f"report: {result.output_dir / 'distill.md'}")
     return 0
 
 

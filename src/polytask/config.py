@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from polytask.errors import UserError
+from polytask.errors import NotSupportedError, UserError
 
 SAMPLING = ("proportional", "temperature", "annealed", "probabilities", "uniform", "round_robin", "all_tasks")
 SCI_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -75,6 +75,9 @@ class TaskConfig:
     # label's share kept, every label at least once when N allows).
     max_train_samples: int | None = None
     max_eval_samples: int | None = None  # the same for validation/test rows
+    # polytask distill: a file of unlabelled text (the task's text column(s), no label) that the teacher labels;
+    # its rows train the student on the teacher's soft targets only
+    distill_data: str | None = None
 
 
 @dataclass
@@ -138,6 +141,92 @@ class AdversarialConfig:
 
 
 @dataclass
+class StudentConfig:
+    """``train.distill.student:`` — the model that learns. ``layers``: keep these layers of the encoder it starts
+    from (an integer N: N evenly spaced ones, the first included, DistilBERT style — 3 of 6 keeps 0, 2, 4; or a
+    list of indices). ``encoder``: start from this encoder (a built-in name or a folder) instead of the first
+    teacher's fine-tuned encoder."""
+
+    layers: int | list[int] | None = None
+    encoder: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> StudentConfig:
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise UserError(f"config key '{path}' must be a mapping like {{layers: 3}}, got {data!r}")
+        unknown = set(data) - {"layers", "encoder"}
+        if unknown:
+            raise UserError(f"unknown config key '{path}.{sorted(unknown)[0]}'; allowed here: layers, encoder")
+        layers = data.get("layers")
+        ok = layers is None or (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1) or (
+            isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                        for i in layers) and len(set(layers)) == len(layers))
+        if not ok:
+            _bad(f"{path}.layers", layers, "an integer >= 1 (that many evenly spaced layers) or a list of distinct "
+                                           "layer indices >= 0, e.g. [0, 2, 4]")
+        encoder = data.get("encoder")
+        if encoder is not None and not isinstance(encoder, str):
+            _bad(f"{path}.encoder", encoder, "a built-in encoder name or a folder")
+        return cls(layers=sorted(layers) if isinstance(layers, list) else layers, encoder=encoder)
+
+
+@dataclass
+class DistillConfig:
+    """``train.distill:`` — knowledge distillation (``polytask distill``). ``teacher``: a run folder (one
+    multi-task teacher), a list of run folders (an ensemble, averaged per task), or ``{task: run folder or
+    list}`` (one teacher per task, MT-DNN-KD style). Each task trains on ``(1 - alpha) * hard loss + alpha *
+    soft loss`` against the teacher's outputs softened at ``temperature``. ``teacher_outputs``: ``cache``
+    (computed once, before training) or ``fly`` (every batch)."""
+
+    teacher: Any = None
+    student: StudentConfig = field(default_factory=StudentConfig)
+    alpha: float = 0.5
+    temperature: float = 2.0
+    teacher_outputs: Literal["cache", "fly"] = "cache"
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> DistillConfig:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise UserError(f"config key '{path}' must be a mapping like {{teacher: runs/atis, student: {{layers: 3}}}}"
+                            f", got {data!r}")
+        if "hidden" in data:
+            raise NotSupportedError(f"config key '{path}.hidden': hidden-state matching is not supported yet; "
+                                    "distillation matches the heads' outputs")
+        out = _build(cls, {k: v for k, v in data.items() if k != "student"}, path)
+        out.student = StudentConfig.from_dict(data.get("student"), f"{path}.student")
+        out.teacher = _teacher_spec(out.teacher, f"{path}.teacher")
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _teacher_spec(value: Any, path: str) -> Any:
+    """A run folder, a non-empty list of them, or a mapping task -> either; None: no distillation."""
+    def folders(v: Any, p: str) -> str | list[str]:
+        if isinstance(v, str) and v.strip():
+            return v
+        if isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v):
+            return list(v)
+        _bad(p, v, "a run folder, or a non-empty list of run folders (an ensemble)")
+
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if not value:
+            _bad(path, value, "a run folder, a list of run folders, or {task: run folder(s)}")
+        return {str(k): folders(v, f"{path}.{k}") for k, v in value.items()}
+    return folders(value, path)
+
+
+@dataclass
 class TrainConfig:
     """``train:`` section — optimisation, sampling, validation and checkpointing."""
 
@@ -168,6 +257,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     tensorboard: bool = True
     progress: bool = True  # progress bars
 
@@ -287,7 +377,33 @@ class Config:
                 _bad("train.adversarial.tasks", adv.tasks, "names of configured tasks (" + ", ".join(self.tasks) + ")")
         if adv.tasks is not None and not adv.tasks:
             _bad("train.adversarial.tasks", adv.tasks, "null (every task) or a non-empty list of task names")
+        self._validate_distill()
         return self
+
+    def _validate_distill(self) -> None:
+        d = self.train.distill
+        data_tasks = [n for n, t in self.tasks.items() if t.distill_data]
+        if not d.enabled:
+            if data_tasks:
+                raise UserError(f"config key 'tasks.{data_tasks[0]}.distill_data' needs a teacher: set "
+                                "train.distill.teacher (and run polytask distill)")
+            return
+        if not 0.0 <= d.alpha <= 1.0:
+            _bad("train.distill.alpha", d.alpha, "a number in [0, 1] (the soft loss's share)")
+        if d.temperature <= 0:
+            _bad("train.distill.temperature", d.temperature, "a number > 0")
+        if isinstance(d.teacher, dict):
+            missing = [t for t in self.tasks if t not in d.teacher]
+            extra = [t for t in d.teacher if t not in self.tasks]
+            if missing or extra:
+                _bad("train.distill.teacher", d.teacher, "a teacher for every task (" + ", ".join(self.tasks) +
+                     ") and for no other")
+        if self.train.adversarial.method != "none":
+            raise NotSupportedError("train.distill with train.adversarial: adversarial training of a distilled "
+                                    "student is not supported; remove one of them")
+        if data_tasks and self.train.sampling == "all_tasks":
+            raise NotSupportedError(f"config key 'tasks.{data_tasks[0]}.distill_data' with train.sampling: "
+                                    "all_tasks is not supported; use another sampling")
 
     def one_source(self) -> bool:
         """Whether joint batches will put every task in one source (one dataset or training file), so that
@@ -304,6 +420,8 @@ class Config:
             del d["train"]["adversarial"]  # off: configs (and saved checkpoints) read as before adversarial existed
         else:
             d["train"]["adversarial"] = self.train.adversarial.to_dict()
+        if not self.train.distill.enabled:
+            del d["train"]["distill"]  # off: configs (and saved checkpoints) read as before distillation existed
         return d
 
     @classmethod
@@ -452,12 +570,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = Config.from_dict(raw)
     base = Path(path).resolve().parent if path is not None else None
     for t in cfg.tasks.values():
-        for split in ("train", "validation", "test"):
-            p = getattr(t, split)
-            if not p or Path(p).is_absolute():
-                continue
-            if Path(p).exists():
-                setattr(t, split, str(Path(p).resolve()))
-            elif base is not None and (base / p).exists():
-                setattr(t, split, str(base / p))
+        for split in ("train", "validation", "test", "distill_data"):
+            setattr(t, split, _absolute(getattr(t, split), base))
+    d = cfg.train.distill
+    if isinstance(d.teacher, dict):
+        d.teacher = {k: _absolute(v, base) for k, v in d.teacher.items()}
+    elif d.teacher is not None:
+        d.teacher = _absolute(d.teacher, base)
     return cfg.validate()
+
+
+def _absolute(p: Any, base: Path | None) -> Any:
+    """A relative path made absolute: against the current directory when it exists there, else against the
+    config file's folder when it exists there; left as it is otherwise (the error names it where it is used).
+    Lists are converted item by item."""
+    if isinstance(p, list):
+        return [_absolute(x, base) for x in p]
+    if not p or Path(p).is_absolute():
+        return p
+    if Path(p).exists():
+        return str(Path(p).resolve())
+    if base is not None and (base / p).exists():
+        return str(base / p)
+    return p

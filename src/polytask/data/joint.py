@@ -42,6 +42,7 @@ class Source:
     index: dict[str, list[int]]
     lengths: list[int]
     note: str = ""  # why tasks that read the same data were not grouped (shown to the user)
+    split: str = "train"  # the TaskData split its rows index ("distill": a task's unlabelled distill_data)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -123,21 +124,24 @@ def collate_source(source: Source, rows: list[int], data: dict[str, TaskData], t
                    pad_id: int) -> dict[str, Any]:
     """One batch of a source: the encoder input of ``rows`` (each once, padded to the longest) and, per task,
     ``parts[task] = (row positions in the batch that task has labels for [n_t], its labels)``."""
+    split = source.split
     feats = []  # the encoder input of each row, from the first task that has it
     for r in rows:
         t = next(t for t in source.tasks if source.index[t][r] >= 0)
-        feats.append(data[t].features["train"][source.index[t][r]])
+        feats.append(data[t].features[split][source.index[t][r]])
     batch: dict[str, Any] = pad_inputs(feats, pad_id)
     seq_len = batch["input_ids"].shape[1]
-    parts = {}
+    parts, index = {}, {}
     for t in source.tasks:
         pos = [k for k, r in enumerate(rows) if source.index[t][r] >= 0]
         if not pos:
             continue  # no row of this batch is labelled for t: t contributes no loss here
-        labels = tasks[t].collate_labels([data[t].features["train"][source.index[t][rows[k]]]["labels"]
-                                          for k in pos], seq_len)
+        index[t] = [source.index[t][rows[k]] for k in pos]
+        labels = tasks[t].collate_labels([data[t].features[split][i]["labels"] for i in index[t]], seq_len)
         parts[t] = (torch.tensor(pos, dtype=torch.long), labels)
     batch["parts"] = parts
+    batch["index"] = index  # task -> its rows' feature indices in data[task].features[split] (distillation)
+    batch["split"] = split
     return batch
 
 

@@ -147,6 +147,11 @@ class TaskType:
     def collate_labels(self, labels: list[Any], seq_len: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def placeholder_labels(self, feature: dict[str, Any]) -> Any:
+        """Encoded labels for an unlabelled feature (distillation data), shaped like real ones so batches collate;
+        for token tasks they also mark the positions that count."""
+        raise NotImplementedError
+
     # -- head, loss, outputs ------------------------------------------------------------------------------
     @property
     def num_outputs(self) -> int:
@@ -158,6 +163,25 @@ class TaskType:
     def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """How far apart two outputs of this head are (smoothness regularisers such as SMART); ``labels``
         only tell which positions count. Each side gets the gradient of its own term only."""
+        raise NotImplementedError
+
+    # -- knowledge distillation (polytask distill) -------------------------------------------------------
+    def soft_targets(self, logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+        """What a student learns from teachers' logits of the same rows (several: an ensemble, averaged):
+        class probabilities softened at ``temperature`` for the softmax types, per-label probabilities for
+        multi-label, the mean output for regression. Shapes as the logits."""
+        raise NotImplementedError
+
+    def soft_loss(self, logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+        """The student's loss against ``soft_targets`` on the same scale as ``loss`` (0 when it matches them);
+        ``labels`` only tell which positions count."""
+        raise NotImplementedError
+
+    def ensemble_logits(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Logits that ``decode`` reads as the ensemble's prediction (its averaged probabilities)."""
+        if len(logits) == 1:
+            return logits[0]
         raise NotImplementedError
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[Any]:
@@ -186,6 +210,20 @@ def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     kl = torch.nn.functional.kl_div
     return kl(la, lb.detach(), reduction="batchmean", log_target=True) + kl(lb, la.detach(), reduction="batchmean",
                                                                            log_target=True)
+
+
+def softmax_targets(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Mean over teachers of ``softmax(logits / T)`` over the last dimension."""
+    return torch.stack([(x.float() / temperature).softmax(-1) for x in logits]).mean(0)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): ``KL(targets || softmax(logits / T)) * T^2``, mean over rows ([N, C] each). The
+    ``T^2`` keeps the gradient's size independent of ``T``; KL rather than cross-entropy so a student that
+    matches its teacher reads 0."""
+    log_q = torch.log_softmax(logits.float() / temperature, -1)
+    kl = torch.nn.functional.kl_div(log_q, targets.float(), reduction="sum") / max(logits.shape[0], 1)
+    return kl * temperature ** 2
 
 
 TASK_TYPES: Registry[type[TaskType]] = Registry("task type")

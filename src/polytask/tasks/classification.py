@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from polytask.errors import UserError
-from polytask.tasks.base import TASK_TYPES, TaskType, symmetric_kl
+from polytask.tasks.base import TASK_TYPES, TaskType, soft_cross_entropy, softmax_targets, symmetric_kl
 
 
 @TASK_TYPES.register("classification")
@@ -36,6 +36,9 @@ class Classification(TaskType):
     def encode_label(self, label: str, where: str) -> int:
         return self.label_id(label, where)
 
+    def placeholder_labels(self, feature):
+        return 0  # distillation's unlabelled rows: never read by a loss
+
     def collate_labels(self, labels: list[int], seq_len: int) -> torch.Tensor:
         return torch.tensor(labels, dtype=torch.long)  # [B]
 
@@ -44,6 +47,15 @@ class Classification(TaskType):
 
     def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return symmetric_kl(a, b)  # [B, C]
+
+    def soft_targets(self, logits, temperature):
+        return softmax_targets(logits, temperature)  # [B, C]
+
+    def soft_loss(self, logits, targets, labels, temperature):
+        return soft_cross_entropy(logits, targets, temperature)
+
+    def ensemble_logits(self, logits):
+        return softmax_targets(logits, 1.0).clamp(min=1e-12).log()  # log of the mean probabilities
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
         probs = logits.float().softmax(-1)  # [B, C]

@@ -47,6 +47,9 @@ class MultiLabelClassification(TaskType):
     def encode_label(self, label: list[str], where: str) -> list[int]:
         return [self.label_id(lab, where) for lab in label]
 
+    def placeholder_labels(self, feature):
+        return []  # distillation's unlabelled rows: never read by a loss
+
     def collate_labels(self, labels: list[list[int]], seq_len: int) -> torch.Tensor:
         out = torch.zeros(len(labels), len(self.labels))  # [B, C] multi-hot
         for row, ids in enumerate(labels):
@@ -66,6 +69,20 @@ class MultiLabelClassification(TaskType):
             return torch.cat([F.logsigmoid(x), F.logsigmoid(-x)], -1)  # [B*C, 2]
 
         return symmetric_kl(two(a), two(b)) * a.shape[-1]  # summed over labels, mean over examples
+
+    def soft_targets(self, logits, temperature):
+        return torch.stack([(x.float() / temperature).sigmoid() for x in logits]).mean(0)  # [B, C]
+
+    def soft_loss(self, logits, targets, labels, temperature):
+        # each label a Bernoulli: KL(target || sigmoid(s / T)) summed over labels, mean over examples, x T^2
+        # (the scale of the hard loss); the BCE minus the targets' own entropy, so a perfect match reads 0
+        p = targets.float().clamp(1e-7, 1 - 1e-7)
+        bce = F.binary_cross_entropy_with_logits(logits.float() / temperature, p, reduction="sum")
+        entropy = -(p * p.log() + (1 - p) * (1 - p).log()).sum()
+        return (bce - entropy) / max(logits.shape[0], 1) * temperature ** 2
+
+    def ensemble_logits(self, logits):
+        return torch.logit(self.soft_targets(logits, 1.0), eps=1e-7)  # the mean probabilities, as logits
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
         probs = logits.float().sigmoid()  # [B, C]

@@ -42,6 +42,9 @@ class Regression(TaskType):
     def encode_label(self, label: float, where: str) -> float:
         return label
 
+    def placeholder_labels(self, feature):
+        return 0.0  # distillation's unlabelled rows: never read by a loss
+
     def collate_labels(self, labels: list[float], seq_len: int) -> torch.Tensor:
         return torch.tensor(labels, dtype=torch.float)  # [B]
 
@@ -54,6 +57,15 @@ class Regression(TaskType):
 
     def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(a.float(), b.float())
+
+    def soft_targets(self, logits, temperature):
+        return torch.stack([x.float() for x in logits]).mean(0)  # [B, 1]: the teachers' mean output
+
+    def soft_loss(self, logits, targets, labels, temperature):
+        return F.mse_loss(logits.float(), targets.float())  # regression has no temperature
+
+    def ensemble_logits(self, logits):
+        return self.soft_targets(logits, 1.0)
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, float]]:
         return [{"value": round(float(v), 6)} for v in logits.float().squeeze(-1)]

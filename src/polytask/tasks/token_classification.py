@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from polytask.errors import NotSupportedError, UserError
-from polytask.tasks.base import IGNORE_INDEX, TASK_TYPES, Example, TaskType, symmetric_kl
+from polytask.tasks.base import (
+    IGNORE_INDEX,
+    TASK_TYPES,
+    Example,
+    TaskType,
+    soft_cross_entropy,
+    softmax_targets,
+    symmetric_kl,
+)
 from polytask.tasks.spans import detect_scheme, extract_spans, has_span_scheme, scheme_tags, span_scores, spans_to_tags
 
 
@@ -196,6 +204,14 @@ class TokenClassification(TaskType):
             feats.append(f)
         return feats
 
+    def placeholder_labels(self, feature):
+        # distillation's unlabelled rows: tag 0 at each word's (character's) first token marks the positions
+        # the soft loss reads; the hard loss never sees these rows
+        labels = [IGNORE_INDEX] * len(feature["input_ids"])
+        for pos in feature["first_token"]:
+            labels[pos] = 0
+        return labels
+
     def collate_labels(self, labels: list[list[int]], seq_len: int) -> torch.Tensor:
         out = torch.full((len(labels), seq_len), IGNORE_INDEX, dtype=torch.long)  # [B, T]
         for row, lab in enumerate(labels):
@@ -209,6 +225,16 @@ class TokenClassification(TaskType):
     def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         keep = labels.flatten() != IGNORE_INDEX  # labelled positions: the first token of each word / char
         return symmetric_kl(a.flatten(0, 1)[keep], b.flatten(0, 1)[keep])
+
+    def soft_targets(self, logits, temperature):
+        return softmax_targets(logits, temperature)  # [B, T, C]
+
+    def soft_loss(self, logits, targets, labels, temperature):
+        keep = labels.flatten() != IGNORE_INDEX  # per labelled token, like the hard loss: [B*T]
+        return soft_cross_entropy(logits.flatten(0, 1)[keep], targets.flatten(0, 1)[keep], temperature)
+
+    def ensemble_logits(self, logits):
+        return softmax_targets(logits, 1.0).clamp(min=1e-12).log()
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
         pred_ids = logits.argmax(-1).tolist()  # [B, T]

@@ -94,6 +94,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
     # first validation switched the whole model to train mode (and, after --resume, off again until the next).
     run.model.train()
     model, optimizer = accelerator.prepare(run.model, run.optimizer)
+    if run.distiller is not None:  # teachers to the device; under teacher_outputs: cache, their outputs now
+        run.distiller.prepare(accelerator.device, precision.precision, run.data, run.pad_id, tc.eval_batch_size,
+                              progress=main and tc.progress)
     logger = RunLogger(out, tc.tensorboard, enabled=main, resume_step=state.global_step if resume else None)
     bar = tqdm(total=run.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
                disable=not (main and tc.progress),
@@ -187,6 +190,8 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
                 logits = model(segments=[{**to_device(inputs, accelerator.device), "tasks": list(seg_parts)}
                                          for inputs, seg_parts in segments])
                 objective = clean = {t: run.tasks[t].loss(logits[t][pos], labels) for t, (pos, labels) in parts.items()}
+                if run.distiller is not None:  # the teachers' soft targets join each task's objective
+                    objective, clean = run.distiller.objective(objective, logits, parts, batches, segments)
 
             def backward(loss: torch.Tensor, **kwargs: Any) -> None:
                 accelerator.backward(loss / len(groups), **kwargs)  # mean over the window's groups

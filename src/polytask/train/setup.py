@@ -19,6 +19,9 @@ from polytask.data.features import TaskData, prepare_task_data
 from polytask.data.joint import Source, build_sources, collate_source, describe
 from polytask.data.readers import require_file
 from polytask.data.sampling import MultiTaskBatchPlan
+from polytask.distill.base import Distiller, add_distill_data, distill_sources
+from polytask.distill.student import build_student
+from polytask.distill.teacher import Teachers
 from polytask.errors import UserError
 from polytask.model.encoder import apply_freeze, load_encoder, load_tokenizer
 from polytask.model.multitask import MultiTaskModel
@@ -42,6 +45,7 @@ class Run:
     sources: dict[str, Source]
     weighting: Weighting
     adversarial: Adversarial | None  # None: train.adversarial.method is none
+    distiller: Any  # polytask.distill.Distiller, or None without train.distill
     epochs: int  # epochs to run (derived from max_steps when set)
     total_steps: int  # optimizer steps in the whole run
     steps_per_epoch: int
@@ -57,19 +61,30 @@ class Run:
 
 def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     tc = config.train
-    encoder_dir = resolve_encoder(config.model.encoder)
-    tokenizer = load_tokenizer(encoder_dir)
+    teachers = None
+    if tc.distill.enabled:  # the student: built from (a copy of) the teacher's encoder, or its own
+        teachers = Teachers.load(tc.distill, list(config.tasks))
+        encoder, tokenizer = build_student(tc.distill.student, teachers)
+    else:
+        encoder_dir = resolve_encoder(config.model.encoder)
+        tokenizer = load_tokenizer(encoder_dir)
     tasks = {name: build_task(name, t) for name, t in config.tasks.items()}
     data = prepare_task_data(tasks, tokenizer, config.model.max_length, splits=("train", "validation"))
     for name, t in config.tasks.items():  # test data is read by `evaluate`; a wrong path should fail now
         if t.test:
             require_file(t.test, key=f"tasks.{name}.test")
-    encoder = load_encoder(encoder_dir)
+    distiller = None
+    if teachers is not None:
+        add_distill_data(config, data, tokenizer, config.model.max_length)
+        distiller = Distiller(config, teachers, tasks, tokenizer)
+    else:
+        encoder = load_encoder(encoder_dir)
     apply_freeze(encoder, config.model.freeze)
     model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
-    sources = {s.name: s for s in build_sources(config, data)}
+    sources = {s.name: s for s in build_sources(config, data) + distill_sources(data)}
     if rank == 0:
-        for line in describe(list(sources.values())):
+        lines = describe(list(sources.values())) + (distiller.describe(model, data) if distiller else [])
+        for line in lines:
             print(f"polytask: {line}", file=sys.stderr, flush=True)
     method = WEIGHTINGS.get(tc.weighting.method)
     if method.needs_all_tasks and tc.sampling != "all_tasks" and len(sources) > 1:
@@ -98,4 +113,4 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
     return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
-               epochs, total_steps, steps_per_epoch)
+               distiller, epochs, total_steps, steps_per_epoch)

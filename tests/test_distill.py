@@ -1,0 +1,326 @@
+"""Knowledge distillation: soft losses per head type, students, teacher outputs, the loop, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import polytask
+from polytask.cli import main
+from polytask.config import load_config
+from polytask.distill.student import layer_choice
+from polytask.tasks import TASK_TYPES, build_task
+from tests.conftest import TASK_SPECS, toy_rows, write_jsonl
+from tests.test_resume_ddp import final_eval, interrupt_and_resume, train_two_processes, write_config
+from tests.test_train_cycle import logits_of
+
+KINDS = ("classification", "multilabel", "token", "regression")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_encoder):
+    """A 2-layer multi-task teacher trained on all four toy task types, and the config dict it came from."""
+    root = tmp_path_factory.mktemp("distill")
+    tasks = {}
+    for kind in KINDS:
+        files = {split: str(write_jsonl(root / "data" / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
+                 for split, n, seed in (("train", 32, 0), ("validation", 8, 1), ("test", 8, 2))}
+        tasks[kind] = {**TASK_SPECS[kind], **files}
+    data = {"model": {"encoder": str(tiny_encoder), "max_length": 32}, "tasks": tasks,
+            "train": {"output_dir": str(root / "teacher"), "epochs": 2, "batch_size": 8, "lr": 1e-3,
+                      "tensorboard": False, "progress": False, "precision": "fp32"}}
+    polytask.train(load_config(data=data))
+    return root, data
+
+
+def student_config(trained, out: str, kinds=KINDS, **distill) -> dict:
+    root, data = trained
+    d = copy.deepcopy(data)
+    d["tasks"] = {k: d["tasks"][k] for k in kinds}
+    d["train"]["output_dir"] = str(root / out)
+    d["train"]["distill"] = {"teacher": str(root / "teacher"), "student": {"layers": 1}, "alpha": 0.5,
+                             "temperature": 2.0, **distill}
+    return d
+
+
+# -- soft losses ------------------------------------------------------------------------------------------
+def task_of(type_name: str, labels: list[str]):
+    spec = {"classification": ("text", "label"), "multilabel_classification": ("text", "labels"),
+            "token_classification": ("words", "tags"), "regression": ("text", "score")}[type_name]
+    cfg = load_config(data={"tasks": {"t": {"type": type_name, "train": "x.jsonl", "text": spec[0],
+                                            "label": spec[1]}}}).tasks["t"]
+    task = build_task("t", cfg)
+    task.set_labels(labels)
+    return task
+
+
+def logits_and_labels(type_name: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    if type_name == "token_classification":
+        labels = torch.tensor([[-100, 0, 1, -100, 2], [-100, 2, -100, -100, -100]])
+        return torch.randn(2, 5, 3, generator=g), labels
+    if type_name == "regression":
+        return torch.randn(4, 1, generator=g), torch.zeros(4)
+    return torch.randn(4, 3, generator=g), torch.zeros(4, dtype=torch.long)
+
+
+@pytest.mark.parametrize("type_name", TASK_TYPES.names())
+def test_soft_loss_is_zero_at_the_teacher_and_positive_elsewhere(type_name):
+    task = task_of(type_name, ["a", "b", "c"])
+    teacher, labels = logits_and_labels(type_name, 0)
+    student, _ = logits_and_labels(type_name, 1)
+    targets = task.soft_targets([teacher], 2.0)
+    assert task.soft_loss(teacher, targets, labels, 2.0).abs() < 1e-5
+    far = task.soft_loss(student, targets, labels, 2.0)
+    assert far > 1e-3
+    # gradient descent on the soft loss moves the student towards the teacher
+    s = student.clone().requires_grad_(True)
+    task.soft_loss(s, targets, labels, 2.0).backward()
+    assert task.soft_loss((s - 0.1 * s.grad).detach(), targets, labels, 2.0) < far
+
+
+def test_classification_soft_loss_is_hintons_kl_times_t_squared():
+    task = task_of("classification", ["a", "b", "c"])
+    teacher, labels = logits_and_labels("classification", 0)
+    student, _ = logits_and_labels("classification", 1)
+    t = 3.0
+    p, q = (teacher / t).softmax(-1), (student / t).softmax(-1)
+    expected = (p * (p.log() - q.log())).sum(-1).mean() * t * t
+    got = task.soft_loss(student, task.soft_targets([teacher], t), labels, t)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_token_soft_loss_reads_labelled_tokens_only():
+    task = task_of("token_classification", ["O", "B-x", "I-x"])
+    teacher, labels = logits_and_labels("token_classification", 0)
+    student, _ = logits_and_labels("token_classification", 1)
+    other = student.clone()
+    other[labels == -100] += 5.0  # positions the loss must not read
+    targets = task.soft_targets([teacher], 2.0)
+    assert torch.allclose(task.soft_loss(student, targets, labels, 2.0), task.soft_loss(other, targets, labels, 2.0))
+
+
+@pytest.mark.parametrize("type_name", TASK_TYPES.names())
+def test_an_ensemble_teaches_its_averaged_output(type_name):
+    task = task_of(type_name, ["a", "b", "c"])
+    a, _ = logits_and_labels(type_name, 0)
+    b, _ = logits_and_labels(type_name, 1)
+    avg = task.soft_targets([a, b], 1.0)
+    assert torch.allclose(avg, (task.soft_targets([a], 1.0) + task.soft_targets([b], 1.0)) / 2, atol=1e-6)
+    # the ensemble's logits decode to its averaged output
+    assert torch.allclose(task.soft_targets([task.ensemble_logits([a, b])], 1.0), avg, atol=1e-5)
+
+
+def test_layer_choice_keeps_evenly_spaced_layers_from_the_first():
+    assert layer_choice(3, 6) == [0, 2, 4]
+    assert layer_choice(4, 12) == [0, 3, 6, 9]
+    assert layer_choice(6, 6) == list(range(6))
+    assert layer_choice([1, 5], 6) == [1, 5]
+
+
+# -- training ---------------------------------------------------------------------------------------------
+def test_every_head_type_distils_saves_loads_and_predicts_identically(teacher):
+    cfg = load_config(data=student_config(teacher, "student"))
+    result = polytask.train(cfg)
+    loaded = polytask.load(result.output_dir / "last")
+    assert loaded.model.encoder.config.num_hidden_layers == 1  # 1 of the teacher's 2 layers
+    assert len(loaded.model.encoder.encoder.layer) == 1
+    from polytask.data.features import prepare_task_data
+
+    data = prepare_task_data(loaded.tasks, loaded.tokenizer, 32, splits=("validation",), fit_labels=False)
+    feats = {n: d.features["validation"] for n, d in data.items()}
+    before = logits_of(result.model, loaded.tasks, loaded.tokenizer, feats)
+    after = logits_of(loaded.model, loaded.tasks, loaded.tokenizer, feats)
+    assert set(before) == set(KINDS)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    # the student starts from the teacher's (fine-tuned) layer 0, not from the pretrained encoder
+    teacher_model = polytask.load(teacher[0] / "teacher" / "best").model
+    from polytask.train.setup import build_run
+
+    fresh = build_run(cfg).model
+    assert torch.equal(fresh.encoder.encoder.layer[0].attention.self.query.weight,
+                       teacher_model.encoder.encoder.layer[0].attention.self.query.weight)
+
+
+def test_cached_teacher_outputs_train_exactly_like_outputs_on_the_fly(teacher):
+    cached = polytask.train(load_config(data=student_config(teacher, "cached", teacher_outputs="cache")))
+    fly = polytask.train(load_config(data=student_config(teacher, "fly", teacher_outputs="fly")))
+    for (name, a), b in zip(cached.model.state_dict().items(), fly.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_soft_targets_change_the_training_and_alpha_zero_never_runs_the_teacher(teacher, monkeypatch):
+    from polytask.distill.base import Distiller
+
+    calls = []
+    real = Distiller._run_teacher
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[1])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Distiller, "_run_teacher", counting)
+    labels_only = polytask.train(load_config(data=student_config(teacher, "a0", alpha=0.0)))
+    assert calls == []
+    distilled = polytask.train(load_config(data=student_config(teacher, "a7", alpha=0.7)))
+    assert sorted(calls) == sorted(KINDS)  # one teacher pass per task over its training rows
+    a = labels_only.model.heads["classification"][1].weight
+    b = distilled.model.heads["classification"][1].weight
+    assert not torch.allclose(a, b)
+
+
+def test_distill_data_is_labelled_by_the_teacher(teacher, tmp_path):
+    unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl",
+                             [{"text": r["text"]} for r in toy_rows("classification", 16, 7)])
+    d = student_config(teacher, "with-data", kinds=("classification", "token"))
+    d["tasks"]["classification"]["distill_data"] = str(unlabelled)
+    cfg = load_config(data=d)
+    from polytask.train.setup import build_run
+
+    run = build_run(cfg)
+    assert "classification@distill" in run.sources and len(run.sources["classification@distill"]) == 16
+    batch = run.collate("classification@distill", list(range(4)))
+    assert batch["split"] == "distill" and batch["index"]["classification"] == [0, 1, 2, 3]
+    result = polytask.train(cfg)
+    # 32 labelled + 16 unlabelled classification rows and 32 token rows, batch 8: 10 steps per epoch
+    assert result.global_step == 20
+    # without distillation, distill_data is refused
+    plain = copy.deepcopy(d)
+    del plain["train"]["distill"]
+    with pytest.raises(polytask.errors.UserError, match="distill_data' needs a teacher"):
+        load_config(data=plain)
+
+
+def test_per_task_teachers_and_an_ensemble(teacher):
+    root = teacher[0]
+    t = str(root / "teacher")
+    per_task = polytask.train(load_config(data=student_config(teacher, "per-task", kinds=("classification", "token"),
+                                                              teacher={"classification": t, "token": [t, t]})))
+    assert per_task.global_step > 0
+    ens = polytask.train(load_config(data=student_config(teacher, "ensemble", kinds=("classification",),
+                                                         teacher=[t, t])))
+    single = polytask.train(load_config(data=student_config(teacher, "one", kinds=("classification",))))
+    # an ensemble of one teacher twice teaches what that teacher teaches alone
+    for a, b in zip(ens.model.parameters(), single.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_resume_of_a_distilled_run_matches_the_uninterrupted_run(teacher, monkeypatch):
+    d = student_config(teacher, "straight", kinds=("classification", "token"))
+    straight = polytask.train(load_config(data=d))
+    d["train"]["output_dir"] = str(teacher[0] / "resumed")
+    resumed = interrupt_and_resume(load_config(data=d), stop_at=11, monkeypatch=monkeypatch)
+    assert final_eval(straight.output_dir) == final_eval(resumed.output_dir)
+
+
+def test_distillation_under_two_processes(teacher, tmp_path):
+    d = student_config(teacher, "ddp", kinds=("classification", "token"))
+    proc = train_two_processes(write_config(tmp_path, d, "ddp"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distillation: teacher" in proc.stderr
+    state = json.loads((Path(d["train"]["output_dir"]) / "last" / "training_state" / "trainer_state.json")
+                       .read_text())
+    assert state["finished"] and state["global_step"] == 8  # 2 tasks x 32 rows / (2 x 8) per step, 2 epochs
+
+
+def test_polytask_distill_writes_the_comparison_table(teacher, tmp_path, capsys):
+    d = student_config(teacher, "cli", kinds=("classification", "regression"))
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(d), encoding="utf-8")
+    assert main(["distill", str(path), "--inference-samples", "16"]) == 0
+    out = Path(d["train"]["output_dir"])
+    summary = json.loads((out / "distill.json").read_text())
+    assert set(summary["tasks"]) == {"classification", "regression"}
+    for row in summary["tasks"].values():
+        assert {"teacher", "labels_only", "distilled"} <= set(row)
+    assert (Path(str(out) + "-labels-only") / "best").is_dir()
+    # the teacher's row is the teacher's own test score
+    teacher_eval = polytask.load(teacher[0] / "teacher" / "best")
+    from polytask.evaluate.report import evaluate_checkpoint
+
+    own = evaluate_checkpoint(teacher_eval, "test")
+    assert math.isclose(summary["tasks"]["classification"]["teacher"], own["classification"]["accuracy"])
+    assert summary["speed"]["student_layers"] == 1 and summary["speed"]["teacher_layers"] == 2
+    assert "| classification | accuracy |" in capsys.readouterr().out
+
+
+# -- bad input --------------------------------------------------------------------------------------------
+def run_cli(tmp_path, d, capsys) -> tuple[int, str]:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(d), encoding="utf-8")
+    code = main(["distill", str(path), "--no-baseline", "--inference-samples", "0"])
+    return code, capsys.readouterr().err
+
+
+def test_a_teacher_without_the_students_task_is_refused(teacher, tmp_path, capsys):
+    d = student_config(teacher, "bad1", kinds=("classification",))
+    d["tasks"]["sentiment"] = copy.deepcopy(d["tasks"]["classification"])
+    code, err = run_cli(tmp_path, d, capsys)
+    assert code == 2 and "has no task 'sentiment'" in err and "Traceback" not in err
+    assert not Path(d["train"]["output_dir"]).exists()  # refused before anything was written
+
+
+def test_a_teacher_with_other_labels_is_refused(teacher, tmp_path, capsys):
+    d = student_config(teacher, "bad2", kinds=("classification",))
+    rows = toy_rows("classification", 32, 0)
+    rows[0]["label"] = "neutral"
+    d["tasks"]["classification"]["train"] = str(write_jsonl(tmp_path / "other.jsonl", rows))
+    code, err = run_cli(tmp_path, d, capsys)
+    assert code == 2 and "other labels than in teacher" in err and "neutral" in err
+
+
+def test_a_student_deeper_than_its_teacher_is_refused(teacher, tmp_path, capsys):
+    code, err = run_cli(tmp_path, student_config(teacher, "bad3", student={"layers": 3}), capsys)
+    assert code == 2 and "more layers than its teacher" in err
+
+
+def test_bad_distill_keys_name_the_key(teacher, tmp_path, capsys):
+    for distill, key in (({"alpha": 1.5}, "train.distill.alpha"), ({"temperature": 0}, "train.distill.temperature"),
+                         ({"student": {"layers": "three"}}, "train.distill.student.layers"),
+                         ({"teacher": str(tmp_path / "nowhere")}, "train.distill.teacher"),
+                         ({"hidden": {"weight": 1}}, "hidden-state matching is not supported")):
+        code, err = run_cli(tmp_path, student_config(teacher, "bad4", **distill), capsys)
+        assert code == 2 and key in err, (distill, err)
+
+
+def word_level_encoder(folder: Path) -> Path:
+    """A tiny BERT whose tokenizer is another one (a word-level vocabulary of the toy words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from tests.conftest import CITIES, FILLER
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + CITIES + FILLER + ["good", "bad"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]")
+    fast.save_pretrained(str(folder))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_student_with_another_tokenizer_distils_sentence_tasks_and_refuses_token_tasks(teacher, tmp_path,
+                                                                                        capsys):
+    enc = word_level_encoder(tmp_path / "words-encoder")
+    d = student_config(teacher, "other-tok", kinds=("classification", "multilabel"), student={"encoder": str(enc)})
+    result = polytask.train(load_config(data=d))
+    assert polytask.load(result.output_dir / "best").tokenizer.get_vocab()["boston"] == 4
+    bad = student_config(teacher, "other-tok-token", kinds=("token",), student={"encoder": str(enc)})
+    code, err = run_cli(tmp_path, bad, capsys)
+    assert code == 2 and "token task 'token' needs them to match" in err
+    fly = student_config(teacher, "other-tok-fly", kinds=("classification",), student={"encoder": str(enc)},
+                         teacher_outputs="fly")
+    code, err = run_cli(tmp_path, fly, capsys)
+    assert code == 2 and "use teacher_outputs: cache" in err
