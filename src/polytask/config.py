@@ -227,6 +227,23 @@ def _teacher_spec(value: Any, path: str) -> Any:
 
 
 @dataclass
+class MutualConfig:
+    """``train.mutual:`` — mutual learning (Deep Mutual Learning; codistillation). ``peers`` models train
+    together (1: off), each on its labels plus ``sharing_weight`` x the divergence to the other peers'
+    predictions, read from copies refreshed every ``sync_every`` steps (1: the peers themselves, on the same
+    batch). ``save_peers``: also write every peer's checkpoint under ``peers/`` at the end."""
+
+    peers: int = 1
+    sharing_weight: float = 1.0
+    sync_every: int = 1
+    save_peers: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.peers > 1
+
+
+@dataclass
 class TrainConfig:
     """``train:`` section — optimisation, sampling, validation and checkpointing."""
 
@@ -258,6 +275,7 @@ class TrainConfig:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    mutual: MutualConfig = field(default_factory=MutualConfig)
     tensorboard: bool = True
     progress: bool = True  # progress bars
 
@@ -378,7 +396,29 @@ class Config:
         if adv.tasks is not None and not adv.tasks:
             _bad("train.adversarial.tasks", adv.tasks, "null (every task) or a non-empty list of task names")
         self._validate_distill()
+        self._validate_mutual()
         return self
+
+    def _validate_mutual(self) -> None:
+        from polytask.weighting import WEIGHTINGS
+
+        m = self.train.mutual
+        if m.peers < 1:
+            _bad("train.mutual.peers", m.peers, "an integer >= 1 (1: no mutual learning)")
+        if m.sharing_weight < 0:
+            _bad("train.mutual.sharing_weight", m.sharing_weight, "a number >= 0")
+        if m.sync_every < 1:
+            _bad("train.mutual.sync_every", m.sync_every, "an integer >= 1 (optimizer steps)")
+        if not m.enabled:
+            return
+        for other, on in (("train.distill", self.train.distill.enabled),
+                          ("train.adversarial", self.train.adversarial.method != "none")):
+            if on:
+                raise NotSupportedError(f"train.mutual with {other} is not supported; remove one of them")
+        if WEIGHTINGS.get(self.train.weighting.method).per_task_gradients:
+            raise NotSupportedError(f"train.mutual with train.weighting.method: {self.train.weighting.method} is not "
+                                    "supported (its per-task gradients would mix the peers); use static, uw, dwa, "
+                                    "rlw or famo")
 
     def _validate_distill(self) -> None:
         d = self.train.distill
@@ -422,6 +462,8 @@ class Config:
             d["train"]["adversarial"] = self.train.adversarial.to_dict()
         if not self.train.distill.enabled:
             del d["train"]["distill"]  # off: configs (and saved checkpoints) read as before distillation existed
+        if not self.train.mutual.enabled:
+            del d["train"]["mutual"]
         return d
 
     @classmethod

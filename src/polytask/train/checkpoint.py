@@ -70,9 +70,11 @@ def save_last(folder: Path, run, model, trainer_state: TrainerState, early: Earl
     trainer_state.plan = plan_signature(run)
 
     def fill(tmp: Path) -> None:
-        fill_model_folder(tmp, model, run.tokenizer, run.config, run.tasks)
+        fill_model_folder(tmp, run.export(model), run.tokenizer, run.config, run.tasks)
         sd = tmp / STATE_DIR
         sd.mkdir()
+        if run.mutual is not None:  # every peer (the folder's model is the best one)
+            run.mutual.save(sd, model)
         st.optimizer_to_files(run.optimizer, sd)
         (sd / "scheduler.json").write_text(json.dumps(run.scheduler.state_dict()))
         st.save_rng(sd, rng_per_rank)
@@ -95,7 +97,10 @@ def load_last(folder: Path, run, early: EarlyStopping, rank: int, world_size: in
     trainer_state = TrainerState(**json.loads((sd / "trainer_state.json").read_text()))
     check_same_plan(trainer_state.plan, plan_signature(run), folder)
     fresh = [g["initial_lr"] for g in run.optimizer.param_groups]  # this config's learning rates
-    load_model(run.model, str(folder / WEIGHTS_FILE))
+    if run.mutual is not None:
+        run.mutual.load(sd, run.model)
+    else:
+        load_model(run.model, str(folder / WEIGHTS_FILE))
     st.optimizer_from_files(run.optimizer, sd)
     run.scheduler.load_state_dict(json.loads((sd / "scheduler.json").read_text()))
     # the saved state carries the old learning rates; the config's win (resume after a NaN with a lower lr)

@@ -97,6 +97,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
     if run.distiller is not None:  # teachers to the device; under teacher_outputs: cache, their outputs now
         run.distiller.prepare(accelerator.device, precision.precision, run.data, run.pad_id, tc.eval_batch_size,
                               progress=main and tc.progress)
+    if run.mutual is not None:
+        run.mutual.prepare(accelerator.device, precision.precision)
     logger = RunLogger(out, tc.tensorboard, enabled=main, resume_step=state.global_step if resume else None)
     bar = tqdm(total=run.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
                disable=not (main and tc.progress),
@@ -118,8 +120,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
             for task, loss in losses.items():
                 running[task].append(loss)
             run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
-            if tc.grad_clip is not None:
-                norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            if tc.grad_clip is not None:  # per peer under mutual learning, as if each trained alone
+                groups = (run.mutual.parameter_groups(accelerator.unwrap_model(model)) if run.mutual is not None
+                          else [model.parameters()])
+                norm = max(accelerator.clip_grad_norm_(g, tc.grad_clip) for g in groups)
                 check_finite(accelerator, run, window, {}, state.global_step, norm, on_stop=(logger.close, bar.close))
             optimizer.step()
             run.scheduler.step()
@@ -146,10 +150,13 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
     bar.close()
     logger.close()
     if main and not (out / "best").exists():  # no validation split anywhere: the last model is the best
-        save_checkpoint(out / "best", accelerator.unwrap_model(model), run.tokenizer, config, run.tasks)
+        save_checkpoint(out / "best", run.export(accelerator.unwrap_model(model)), run.tokenizer, config, run.tasks)
+    if main and run.mutual is not None and tc.mutual.save_peers:
+        for i, peer in enumerate(accelerator.unwrap_model(model).peers):
+            save_checkpoint(out / "peers" / f"peer{i}", peer, run.tokenizer, config, run.tasks)
     accelerator.wait_for_everyone()
     return TrainResult(out, out / "best", state.global_step, early.best, state.last_eval,
-                       stopped_early=early.should_stop, model=accelerator.unwrap_model(model),
+                       stopped_early=early.should_stop, model=run.export(accelerator.unwrap_model(model)),
                        is_main_process=main)
 
 
@@ -192,6 +199,8 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
                 objective = clean = {t: run.tasks[t].loss(logits[t][pos], labels) for t, (pos, labels) in parts.items()}
                 if run.distiller is not None:  # the teachers' soft targets join each task's objective
                     objective, clean = run.distiller.objective(objective, logits, parts, batches, segments)
+                if run.mutual is not None:  # every peer's loss and its divergence to the other peers
+                    objective, clean = run.mutual.objective(logits, parts, segments, unwrapped, step)
 
             def backward(loss: torch.Tensor, **kwargs: Any) -> None:
                 accelerator.backward(loss / len(groups), **kwargs)  # mean over the window's groups
@@ -258,20 +267,25 @@ def validate_and_save(accelerator: Accelerator, model, run: Run, state: TrainerS
     """Validate, update early stopping, keep ``best/``, write ``last/``. Returns True to stop training."""
     tc = run.config.train
     unwrapped = accelerator.unwrap_model(model)
-    results = evaluate_split(unwrapped, run.data, "validation", tc.eval_batch_size, run.pad_id,
-                             accelerator.device, tc.precision, gather=gather_object,
-                             rank=accelerator.process_index, world=accelerator.num_processes)
+
+    def evaluate(m) -> dict[str, Any]:
+        return evaluate_split(m, run.data, "validation", tc.eval_batch_size, run.pad_id, accelerator.device,
+                              tc.precision, gather=gather_object, rank=accelerator.process_index,
+                              world=accelerator.num_processes)
+
+    # mutual learning: every peer and their ensemble are scored; the results are the best peer's
+    results = run.mutual.validate(unwrapped, evaluate, tc.early_stopping.metric) if run.mutual else evaluate(unwrapped)
     flat = flat_metrics(results)
     state.last_eval = flat
     metric = tc.early_stopping.metric
     improved = early.update(flat.get(metric, float("nan")), state.global_step) if flat else True
     logger.log("eval", state.global_step, {**flat, "best": early.best}, epoch=state.epoch)
     if accelerator.is_main_process:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in flat.items() if k.endswith(("accuracy", ".f1", "pearson"))
-                          or k in ("mean", "loss"))
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in flat.items() if k in ("mean", "loss") or k.endswith(".mean")
+                          or (k.endswith(("accuracy", ".f1", "pearson")) and not k.startswith("ensemble.")))
         bar.write(f"step {state.global_step} validation: {shown}" + ("  (best)" if improved else ""))
         if improved:
-            save_checkpoint(Path(tc.output_dir) / "best", unwrapped, run.tokenizer, run.config, run.tasks)
+            save_checkpoint(Path(tc.output_dir) / "best", run.export(unwrapped), run.tokenizer, run.config, run.tasks)
     save_training_state(accelerator, model, run, state, early)
     return early.should_stop
 

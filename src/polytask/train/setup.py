@@ -25,6 +25,7 @@ from polytask.distill.teacher import Teachers
 from polytask.errors import UserError
 from polytask.model.encoder import apply_freeze, load_encoder, load_tokenizer
 from polytask.model.multitask import MultiTaskModel
+from polytask.mutual import Mutual, PeerModel
 from polytask.tasks import TaskType, build_task
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.weighting import WEIGHTINGS, Weighting
@@ -46,6 +47,7 @@ class Run:
     weighting: Weighting
     adversarial: Adversarial | None  # None: train.adversarial.method is none
     distiller: Any  # polytask.distill.Distiller, or None without train.distill
+    mutual: Any  # polytask.mutual.Mutual, or None without train.mutual (then model is a PeerModel)
     epochs: int  # epochs to run (derived from max_steps when set)
     total_steps: int  # optimizer steps in the whole run
     steps_per_epoch: int
@@ -53,6 +55,10 @@ class Run:
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
+
+    def export(self, model) -> MultiTaskModel:
+        """The model a checkpoint holds: ``model`` itself, or under mutual learning its best peer."""
+        return self.mutual.export(model) if self.mutual is not None else model
 
     def collate(self, source: str, rows: list[int]) -> dict[str, Any]:
         """The training batch of ``rows`` of a source: encoder inputs and each task's ``(positions, labels)``."""
@@ -81,9 +87,16 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         encoder = load_encoder(encoder_dir)
     apply_freeze(encoder, config.model.freeze)
     model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
+    mutual = None
+    if tc.mutual.enabled:  # more peers: the same pretrained encoder, their own heads (drawn one after another)
+        peers = [model] + [MultiTaskModel(_fresh_encoder(encoder_dir, config), tasks, pooling=config.model.pooling,
+                                          dropout=config.model.dropout) for _ in range(tc.mutual.peers - 1)]
+        model = PeerModel(peers)
+        mutual = Mutual(tc.mutual, tasks)
     sources = {s.name: s for s in build_sources(config, data) + distill_sources(data)}
     if rank == 0:
-        lines = describe(list(sources.values())) + (distiller.describe(model, data) if distiller else [])
+        lines = describe(list(sources.values())) + (distiller.describe(model, data) if distiller else []) + (
+            mutual.describe() if mutual else [])
         for line in lines:
             print(f"polytask: {line}", file=sys.stderr, flush=True)
     method = WEIGHTINGS.get(tc.weighting.method)
@@ -113,4 +126,10 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
     return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
-               distiller, epochs, total_steps, steps_per_epoch)
+               distiller, mutual, epochs, total_steps, steps_per_epoch)
+
+
+def _fresh_encoder(encoder_dir, config: Config):
+    encoder = load_encoder(encoder_dir)
+    apply_freeze(encoder, config.model.freeze)
+    return encoder

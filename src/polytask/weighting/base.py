@@ -49,6 +49,8 @@ class Weighting:
     # True for methods whose cross-process bookkeeping does not depend on which tasks a batch holds, so a
     # partially labelled joint batch (a task with no labelled row on some process) cannot desynchronise them.
     partial_labels_ok = False
+    # True for methods that compute per-task gradients on the shared parameters (gradient surgery, GradNorm).
+    per_task_gradients = False
 
     def __init__(self, task_weights: dict[str, float], options: dict[str, Any] | None = None):
         self.task_weights = dict(task_weights)

@@ -25,6 +25,7 @@ def flat_grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Te
 
 class GradientMethod(Weighting):
     needs_all_tasks = True
+    per_task_gradients = True
 
     def combine(self, grads: torch.Tensor, losses: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
         """``grads`` [K, P]: the global per-task gradients (already weighted by ``tasks.<name>.weight``);

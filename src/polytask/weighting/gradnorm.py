@@ -33,6 +33,7 @@ class GradNorm(Weighting):
 
     options = {"alpha": 1.5, "lr": 0.025}
     needs_all_tasks = True
+    per_task_gradients = True
 
     def __init__(self, task_weights, options=None):
         super().__init__(task_weights, options)
