@@ -283,3 +283,27 @@ def fmt(metrics: dict[str, float]) -> str:
 
 def ratio_line(value: float) -> str:
     return f"ratio: {value:.3f}" if math.isfinite(value) else "ratio: nan"
+
+
+def add_seed_args(p: argparse.ArgumentParser, name: str) -> None:
+    """The options of a seeds x example benchmark (``name``: its runs folder under runs/)."""
+    p.add_argument("--example", default="atis", help="example config (default atis)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (repeatable)")
+    p.add_argument("--output", default=None, help=f"folder for the runs (default runs/{name}/<example>)")
+
+
+def seed_runs(args: argparse.Namespace, name: str) -> tuple[Path, list[int], list[str]]:
+    """Runs folder, seeds (from the example's ``train.seed`` on) and overrides of a seeds x example benchmark.
+    A quick run gets a fresh folder, 32 training / 16 evaluation examples per task, 32 tokens and one epoch."""
+    import tempfile
+
+    out = Path(args.output) if args.output else (Path(tempfile.mkdtemp(prefix=f"{name}-")) if args.quick
+                                                 else ROOT / "runs" / name / args.example)
+    overrides = list(args.overrides)
+    if args.quick:
+        overrides += tiny_overrides(example_config(args.example, [], out / "unused"), train=32, evaluate=16)
+        overrides += ["train.epochs=1"]
+    first = example_config(args.example, overrides, out / "unused").train.seed
+    return out, list(range(first, first + (args.seeds or (1 if args.quick else 3)))), overrides

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
+from common import add_seed_args, example_config, machine, parser, ratio_line, seed_runs, setup_threads
 
 
 def finished(run: Path) -> bool:
@@ -43,36 +42,25 @@ def mean_std(values: list[float]) -> str:
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--example", default="atis", help="example config (default atis)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
+    add_seed_args(p, "bench-distill")
     p.add_argument("--layers", type=int, default=None, help="student layers (default 3; --quick: 1)")
     p.add_argument("--alpha", type=float, default=0.5, help="share of the soft loss (default 0.5)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default 2)")
     p.add_argument("--teacher-runs", default=None,
                    help="existing teacher run folders, '{seed}' standing for the seed (default: train them)")
     p.add_argument("--speed-epochs", type=int, default=1, help="epochs of the cache-vs-fly timing runs (0: skip)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override for every run (repeatable)")
-    p.add_argument("--output", default=None, help="folder for the runs (default runs/bench-distill/<example>)")
     args = p.parse_args()
     setup_threads(args.threads)
     import polytask
     from polytask.distill.runner import distill
 
-    out = Path(args.output) if args.output else (Path(tempfile.mkdtemp(prefix="bench-distill-")) if args.quick
-                                                 else ROOT / "runs" / "bench-distill" / args.example)
-    seeds = args.seeds or (1 if args.quick else 3)
+    out, seeds, overrides = seed_runs(args, "bench-distill")
     layers = args.layers or (1 if args.quick else 3)
-    overrides = list(args.overrides)
-    if args.quick:  # a tiny random 2-layer encoder would need a fixture: the real one, on a few rows
-        overrides += tiny_overrides(example_config(args.example, [], out / "unused"), train=32, evaluate=16)
-        overrides += ["train.epochs=1"]
     print(f"machine: {machine()}")
     print(f"example: {args.example}; student: {layers} layers; alpha {args.alpha}, temperature {args.temperature}")
     summaries = []
-    base = example_config(args.example, overrides, out / "unused")
-    first = base.train.seed
-    for seed in range(first, first + seeds):
+    first = seeds[0]
+    for seed in seeds:
         seed_dir = out / f"seed{seed}"
         if args.teacher_runs:
             teacher = Path(args.teacher_runs.format(seed=seed))
@@ -97,7 +85,7 @@ def main() -> None:
         print(f"seed {seed}: students trained and scored in {time.perf_counter() - start:.0f} s", flush=True)
 
     tasks = list(summaries[0]["tasks"])
-    print(f"\ntest split, {seeds} seed(s); main metric per task, mean ± std over seeds\n")
+    print(f"\ntest split, {len(seeds)} seed(s); main metric per task, mean ± std over seeds\n")
     print("| task | metric | teacher | student, labels only | distilled student | kept |")
     print("|---|---|---|---|---|---|")
     for t in tasks:

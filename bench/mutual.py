@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
+from common import add_seed_args, example_config, machine, parser, ratio_line, seed_runs, setup_threads
 
 
 def finished(run: Path) -> bool:
@@ -57,32 +56,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--example", default="atis", help="example config (default atis)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
+    add_seed_args(p, "bench-mutual")
     p.add_argument("--sharing-weight", type=float, default=1.0, help="the mutual side's sharing weight (1)")
     p.add_argument("--sync-every", type=int, default=1, help="the mutual side's sync_every (1)")
     p.add_argument("--single", action="store_true", help="also time one plain (single-model) run per seed")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override for every run (repeatable)")
-    p.add_argument("--output", default=None, help="folder for the runs (default runs/bench-mutual/<example>)")
     args = p.parse_args()
     setup_threads(args.threads)
     import polytask
 
-    out = Path(args.output) if args.output else (Path(tempfile.mkdtemp(prefix="bench-mutual-")) if args.quick
-                                                 else ROOT / "runs" / "bench-mutual" / args.example)
-    seeds = args.seeds or (1 if args.quick else 3)
-    overrides = list(args.overrides)
-    if args.quick:
-        overrides += tiny_overrides(example_config(args.example, [], out / "unused"), train=32, evaluate=16)
-        overrides += ["train.epochs=1"]
+    out, seeds, overrides = seed_runs(args, "bench-mutual")
     print(f"machine: {machine()}")
     print(f"example: {args.example}; 2 peers; mutual: sharing_weight {args.sharing_weight}, sync_every "
           f"{args.sync_every}; independent: sharing_weight 0")
-    first = example_config(args.example, overrides, out / "unused").train.seed
     results: dict[str, list[dict]] = {"mutual": [], "independent": []}
     times: dict[str, list[float]] = {"mutual": [], "independent": [], "single": []}
-    for seed in range(first, first + seeds):
+    for seed in seeds:
         sides = {"mutual": args.sharing_weight, "independent": 0.0}
         for side, weight in sides.items():
             run = out / f"seed{seed}" / side
@@ -105,7 +93,7 @@ def main() -> None:
             times["single"].append(time.perf_counter() - start)
 
     metrics = results["mutual"][0]["metrics"]
-    print(f"\ntest split, {seeds} seed(s), mean ± std over seeds\n")
+    print(f"\ntest split, {len(seeds)} seed(s), mean ± std over seeds\n")
     print("| task | metric | independent, best peer | mutual, best peer | independent, ensemble | mutual, ensemble |"
           " mutual − independent (best peer) |")
     print("|---|---|---|---|---|---|---|")
@@ -117,7 +105,7 @@ def main() -> None:
                 cells.append(f"{100 * m:.2f} ± {100 * s:.2f}")
         diff = [a["best"][t] - b["best"][t] for a, b in zip(results["mutual"], results["independent"])]
         spread = max(mean_std([r["best"][t] for r in results[side]])[1] for side in results)
-        verdict = "beyond the spread" if abs(statistics.mean(diff)) > spread and seeds > 1 else "within the spread"
+        verdict = "beyond the spread" if abs(statistics.mean(diff)) > spread and len(seeds) > 1 else "within the spread"
         print(f"| {t} | {metrics.get(t, 'mean of main metrics')} | " + " | ".join(cells)
               + f" | {100 * statistics.mean(diff):+.2f} ({verdict}) |")
     tm, ti = statistics.mean(times["mutual"]), statistics.mean(times["independent"])
