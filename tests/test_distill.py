@@ -285,7 +285,12 @@ def test_bad_distill_keys_name_the_key(teacher, tmp_path, capsys):
     for distill, key in (({"alpha": 1.5}, "train.distill.alpha"), ({"temperature": 0}, "train.distill.temperature"),
                          ({"student": {"layers": "three"}}, "train.distill.student.layers"),
                          ({"teacher": str(tmp_path / "nowhere")}, "train.distill.teacher"),
-                         ({"hidden": {"weight": 1}}, "hidden-state matching is not supported")):
+                         ({"hidden": {"weight": 1}}, "set train.distill.teacher_outputs: fly"),
+                         ({"hidden": {"weight": 1, "layers": [[1, 5]]}, "teacher_outputs": "fly"},
+                          "pair [1, 5] is out of range"),
+                         ({"hidden": {"weight": -1}}, "train.distill.hidden.weight"),
+                         ({"hidden": {"weight": 1}, "teacher_outputs": "fly",
+                           "teacher": [str(teacher[0] / "teacher")] * 2}, "needs one teacher run")):
         code, err = run_cli(tmp_path, student_config(teacher, "bad4", **distill), capsys)
         assert code == 2 and key in err, (distill, err)
 
@@ -354,3 +359,62 @@ def test_distillation_under_grad_accum_and_bf16(teacher):
     result = polytask.train(load_config(data=student_config(teacher, "bf16", kinds=("classification", "token")),
                                         overrides=["train.precision=bf16", "train.grad_accum=2"]))
     assert result.global_step == 8 and polytask.load(result.output_dir / "best").model is not None
+
+
+def narrow_encoder(folder: Path, tiny_encoder: Path) -> Path:
+    """A 1-layer BERT of width 16 with the teacher's tokenizer (a student of another width)."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=128)).save_pretrained(str(folder))
+    for f in tiny_encoder.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_hidden_states_loss_is_zero_when_the_student_matches():
+    from types import SimpleNamespace
+
+    from polytask.config import HiddenConfig
+    from polytask.distill.hidden import HiddenStates, layer_pairs
+
+    assert layer_pairs(HiddenConfig(weight=1.0), 3, 6) == [(0, 0), (1, 2), (2, 4), (3, 6)]
+    same = SimpleNamespace(num_hidden_layers=1, hidden_size=4)
+    h = HiddenStates(HiddenConfig(weight=1.0), same, SimpleNamespace(num_hidden_layers=2, hidden_size=4))
+    assert h.projections is None and h.pairs == [(0, 0), (1, 2)]
+    states = [torch.randn(2, 3, 4) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert h.loss([states[0], states[2]], tuple(states), mask) == 0
+    noisy = states[2].clone()
+    noisy[mask == 0] += 10.0  # padding does not count
+    assert h.loss([states[0], noisy], tuple(states), mask) == 0
+    assert h.loss([states[1], states[2]], tuple(states), mask) > 0
+
+
+def test_hidden_state_matching_trains_and_resumes(teacher, tiny_encoder, tmp_path, monkeypatch):
+    common = {"teacher_outputs": "fly", "hidden": {"weight": 1.0}}
+    plain = polytask.train(load_config(data=student_config(teacher, "no-hidden", kinds=("classification", "token"),
+                                                           teacher_outputs="fly")))
+    hidden = polytask.train(load_config(data=student_config(teacher, "hidden", kinds=("classification", "token"),
+                                                            **common)))
+    a, b = plain.model.encoder.encoder.layer[0], hidden.model.encoder.encoder.layer[0]
+    assert not torch.allclose(a.output.dense.weight, b.output.dense.weight)  # the hidden loss moved the layer
+    # a narrower student learns projections (width 16 -> 32), saved in last/ and restored by --resume
+    enc = narrow_encoder(tmp_path / "narrow", tiny_encoder)
+    d = student_config(teacher, "narrow", kinds=("classification", "token"), student={"encoder": str(enc)},
+                       **common)
+    straight = polytask.train(load_config(data=d))
+    state = Path(d["train"]["output_dir"]) / "last" / "training_state" / "distill_hidden.safetensors"
+    assert state.is_file()
+    from safetensors.torch import load_file
+
+    assert load_file(str(state))["projections.0.weight"].shape == (32, 16)
+    loaded = polytask.load(straight.output_dir / "best")
+    assert loaded.model.encoder.config.hidden_size == 16  # the projections are not part of the student
+    d["train"]["output_dir"] = str(teacher[0] / "narrow-resumed")
+    resumed = interrupt_and_resume(load_config(data=d), stop_at=11, monkeypatch=monkeypatch)
+    assert final_eval(straight.output_dir) == final_eval(resumed.output_dir)

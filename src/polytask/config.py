@@ -172,6 +172,35 @@ class StudentConfig:
 
 
 @dataclass
+class HiddenConfig:
+    """``train.distill.hidden:`` — hidden-state matching (TinyBERT / MiniLM style). ``weight``: its share of the
+    loss (0: off). ``layers``: ``auto`` (the embeddings and student layer j with teacher layer j * L / M, the last
+    with the last) or a list of ``[student_layer, teacher_layer]`` pairs (0: the embeddings' output)."""
+
+    weight: float = 0.0
+    layers: Any = "auto"
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> HiddenConfig:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise UserError(f"config key '{path}' must be a mapping like {{weight: 1.0}}, got {data!r}")
+        out = _build(cls, data, path)
+        if not isinstance(out.weight, (int, float)) or isinstance(out.weight, bool) or out.weight < 0:
+            _bad(f"{path}.weight", out.weight, "a number >= 0 (0: off)")
+        out.weight = float(out.weight)
+        layers = out.layers
+        ok = layers == "auto" or (isinstance(layers, list) and layers and all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and not isinstance(i, bool)
+                                                              and i >= 0 for i in pair) for pair in layers))
+        if not ok:
+            _bad(f"{path}.layers", layers, "auto, or a list of [student_layer, teacher_layer] pairs such as "
+                                           "[[0, 0], [3, 6]] (0: the embeddings)")
+        return out
+
+
+@dataclass
 class DistillConfig:
     """``train.distill:`` — knowledge distillation (``polytask distill``). ``teacher``: a run folder (one
     multi-task teacher), a list of run folders (an ensemble, averaged per task), or ``{task: run folder or
@@ -184,6 +213,7 @@ class DistillConfig:
     alpha: float = 0.5
     temperature: float = 2.0
     teacher_outputs: Literal["cache", "fly"] = "cache"
+    hidden: HiddenConfig = field(default_factory=lambda: HiddenConfig())
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> DistillConfig:
@@ -192,11 +222,9 @@ class DistillConfig:
         if not isinstance(data, dict):
             raise UserError(f"config key '{path}' must be a mapping like {{teacher: runs/atis, student: {{layers: 3}}}}"
                             f", got {data!r}")
-        if "hidden" in data:
-            raise NotSupportedError(f"config key '{path}.hidden': hidden-state matching is not supported yet; "
-                                    "distillation matches the heads' outputs")
-        out = _build(cls, {k: v for k, v in data.items() if k != "student"}, path)
+        out = _build(cls, {k: v for k, v in data.items() if k not in ("student", "hidden")}, path)
         out.student = StudentConfig.from_dict(data.get("student"), f"{path}.student")
+        out.hidden = HiddenConfig.from_dict(data.get("hidden"), f"{path}.hidden")
         out.teacher = _teacher_spec(out.teacher, f"{path}.teacher")
         return out
 
@@ -438,6 +466,13 @@ class Config:
             if missing or extra:
                 _bad("train.distill.teacher", d.teacher, "a teacher for every task (" + ", ".join(self.tasks) +
                      ") and for no other")
+        if d.hidden.weight > 0:
+            if d.teacher_outputs != "fly":
+                raise UserError("config key 'train.distill.hidden': hidden-state matching reads the teacher's hidden "
+                                "states on every batch; set train.distill.teacher_outputs: fly")
+            if not isinstance(d.teacher, str):
+                raise NotSupportedError("config key 'train.distill.hidden': hidden-state matching needs one teacher "
+                                        "run for every task (not an ensemble or per-task teachers)")
         if self.train.adversarial.method != "none":
             raise NotSupportedError("train.distill with train.adversarial: adversarial training of a distilled "
                                     "student is not supported; remove one of them")

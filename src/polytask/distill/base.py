@@ -19,15 +19,18 @@ Under several processes each process computes the whole cache (the same in every
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from polytask.config import Config
 from polytask.data.features import TaskData, collate, to_device
 from polytask.data.joint import Source
 from polytask.data.readers import read_rows
+from polytask.distill.hidden import HiddenStates
 from polytask.distill.soft_targets import SoftTargets
 from polytask.distill.teacher import Teachers, check_tokenizers
 from polytask.errors import UserError
@@ -74,7 +77,8 @@ class Distiller:
     ``alpha == 0`` with no distill_data (a student trained from labels only, ``polytask distill``'s baseline)
     never runs a teacher."""
 
-    def __init__(self, config: Config, teachers: Teachers, tasks: dict[str, TaskType], tokenizer):
+    def __init__(self, config: Config, teachers: Teachers, tasks: dict[str, TaskType], tokenizer,
+                 student_config: Any = None):
         d = config.train.distill
         self.teachers = teachers
         self.tasks = tasks
@@ -84,7 +88,10 @@ class Distiller:
         teachers.check(tasks)
         self.shared = check_tokenizers(teachers, tokenizer, tasks, fly=self.mode == "fly")
         self.has_data = any(t.distill_data for t in config.tasks.values())
-        self.active = d.alpha > 0 or self.has_data
+        self.active = d.alpha > 0 or self.has_data or d.hidden.weight > 0
+        # hidden-state matching (one teacher for every task; teacher_outputs: fly — checked with the config)
+        self.hidden = (HiddenStates(d.hidden, student_config, teachers.runs[0].model.encoder.config)
+                       if d.hidden.weight > 0 else None)
         self.cache: dict[str, dict[str, list[torch.Tensor]]] = {}
         self.device = torch.device("cpu")
         self.precision = "fp32"
@@ -105,12 +112,16 @@ class Distiller:
 
     # -- teacher outputs ----------------------------------------------------------------------------------
     def prepare(self, device: torch.device, precision: str, data: dict[str, TaskData], pad_id: int,
-                batch_size: int, progress: bool = True) -> None:
-        """Move the teachers to ``device``; under ``cache``, compute every row's soft targets now."""
+                batch_size: int, progress: bool = True, student: Any = None) -> None:
+        """Move the teachers to ``device``; under ``cache``, compute every row's soft targets now; with hidden-state
+        matching, start recording ``student``'s hidden states."""
         self.device, self.precision = device, precision
         if not self.active:
             return
         self.teachers.to(device)
+        if self.hidden is not None:
+            self.hidden.to(device)
+            self.hidden.attach(student)
         if self.mode != "cache":
             return
         jobs = [(t, s) for t in self.tasks for s in SPLITS if data[t].features.get(s)]
@@ -159,21 +170,29 @@ class Distiller:
 
     @torch.no_grad()
     def _fly(self, segments: list[tuple[dict[str, torch.Tensor], dict[str, Any]]],
-             parts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Soft targets of the group's rows from teacher forwards on the student's own inputs."""
+             parts: dict[str, tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, ...]]]:
+        """Soft targets of the group's rows from teacher forwards on the student's own inputs, and (hidden-state
+        matching) the teacher's hidden states of each segment."""
         per_task: dict[str, list[torch.Tensor]] = {}
+        states = []
         for inputs, seg_parts in segments:
             inputs = to_device(inputs, self.device)
             for r, run in enumerate(self.teachers.runs):
                 names = [t for t in seg_parts if r in self.teachers.by_task[t]]
                 if not names:
                     continue
+                model = run.model
+                kwargs = model.encoder_inputs(inputs["input_ids"], inputs["attention_mask"],
+                                              inputs.get("token_type_ids"))
                 with autocast_context(self.precision, self.device):
-                    logits = run.model(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"),
-                                       tasks=names)
+                    out = model.encoder(**kwargs, output_hidden_states=self.hidden is not None)
+                    logits = model.heads_from_hidden(out.last_hidden_state, inputs["attention_mask"], names)
+                if self.hidden is not None:
+                    states.append(out.hidden_states)
                 for t in names:
                     per_task.setdefault(t, []).append(self.teachers.logits(r, t, logits[t].float())[parts[t][0]])
-        return {t: self.tasks[t].soft_targets(v, self.temperature) for t, v in per_task.items()}
+        return {t: self.tasks[t].soft_targets(v, self.temperature) for t, v in per_task.items()}, states
 
     # -- the objective ------------------------------------------------------------------------------------
     def objective(self, losses: dict[str, torch.Tensor], logits: dict[str, torch.Tensor],
@@ -186,7 +205,7 @@ class Distiller:
         if not self.active:
             return losses, losses
         where = {t: (b["split"], b["index"][t]) for b in batches for t in b["parts"]}
-        fly = self._fly(segments, parts) if self.mode == "fly" else {}
+        fly, teacher_states = self._fly(segments, parts) if self.mode == "fly" else ({}, [])
         objective, logged = {}, {}
         for t, (pos, labels) in parts.items():
             split, index = where[t]
@@ -195,4 +214,29 @@ class Distiller:
             hard = None if split == DISTILL_SPLIT else losses[t]
             objective[t], soft = self.objective_fn(self.tasks[t], student, targets, labels, hard)
             logged[t] = soft if hard is None else hard
+        if self.hidden is not None:  # each segment's hidden loss, shared equally by the tasks that read it
+            student_states = self.hidden.take(len(segments))
+            for (inputs, seg_parts), mine, theirs in zip(segments, student_states, teacher_states):
+                loss = self.hidden.weight * self.hidden.loss(mine, theirs, inputs["attention_mask"].to(self.device))
+                for t in seg_parts:
+                    objective[t] = objective[t] + loss / len(seg_parts)
         return objective, logged
+
+    # -- the projections of hidden-state matching: trained with the student, kept in last/ -------------------
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.hidden.parameters()) if self.hidden is not None else []
+
+    def end_step(self, all_reduce_mean) -> None:
+        """Average the projections' gradients over processes (they live outside the DDP-wrapped student)."""
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.copy_(all_reduce_mean(p.grad))
+
+    def save(self, folder: Path) -> None:
+        if self.parameters():
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.hidden.state_dict().items()},
+                      str(folder / "distill_hidden.safetensors"))
+
+    def load(self, folder: Path) -> None:
+        if self.parameters():
+            self.hidden.load_state_dict(load_file(str(folder / "distill_hidden.safetensors")))

@@ -67,6 +67,14 @@ class MultiTaskModel(nn.Module):
                   token_type_ids: torch.Tensor | None = None, tasks: Iterable[str] | None = None,
                   inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One batch through the encoder and the requested heads (what ``forward`` does per segment)."""
+        kwargs = self.encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        hidden = self.encoder(**kwargs).last_hidden_state  # [B, T, H]
+        return self.heads_from_hidden(hidden, attention_mask, tasks)
+
+    def encoder_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                       token_type_ids: torch.Tensor | None = None,
+                       inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The keyword arguments of the encoder's forward (token types only where the encoder has them)."""
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
@@ -74,7 +82,11 @@ class MultiTaskModel(nn.Module):
             kwargs["inputs_embeds"] = inputs_embeds
         else:
             kwargs["input_ids"] = input_ids
-        hidden = self.encoder(**kwargs).last_hidden_state  # [B, T, H]
+        return kwargs
+
+    def heads_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                          tasks: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The requested heads' logits from the encoder's last hidden states ``hidden`` [B, T, H]."""
         names = list(self.heads) if tasks is None else list(tasks)
         pooled = None
         out = {}

@@ -75,6 +75,8 @@ def save_last(folder: Path, run, model, trainer_state: TrainerState, early: Earl
         sd.mkdir()
         if run.mutual is not None:  # every peer (the folder's model is the best one)
             run.mutual.save(sd, model)
+        if run.distiller is not None:  # hidden-state matching's projections
+            run.distiller.save(sd)
         st.optimizer_to_files(run.optimizer, sd)
         (sd / "scheduler.json").write_text(json.dumps(run.scheduler.state_dict()))
         st.save_rng(sd, rng_per_rank)
@@ -97,6 +99,8 @@ def load_last(folder: Path, run, early: EarlyStopping, rank: int, world_size: in
     trainer_state = TrainerState(**json.loads((sd / "trainer_state.json").read_text()))
     check_same_plan(trainer_state.plan, plan_signature(run), folder)
     fresh = [g["initial_lr"] for g in run.optimizer.param_groups]  # this config's learning rates
+    if run.distiller is not None:
+        run.distiller.load(sd)
     if run.mutual is not None:
         run.mutual.load(sd, run.model)
     else:

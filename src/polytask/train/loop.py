@@ -96,7 +96,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
     model, optimizer = accelerator.prepare(run.model, run.optimizer)
     if run.distiller is not None:  # teachers to the device; under teacher_outputs: cache, their outputs now
         run.distiller.prepare(accelerator.device, precision.precision, run.data, run.pad_id, tc.eval_batch_size,
-                              progress=main and tc.progress)
+                              progress=main and tc.progress, student=accelerator.unwrap_model(model))
     if run.mutual is not None:
         run.mutual.prepare(accelerator.device, precision.precision)
     logger = RunLogger(out, tc.tensorboard, enabled=main, resume_step=state.global_step if resume else None)
@@ -120,6 +120,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
             for task, loss in losses.items():
                 running[task].append(loss)
             run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
+            if run.distiller is not None:
+                run.distiller.end_step(lambda t: all_reduce_mean(accelerator, t))
             if tc.grad_clip is not None:  # per peer under mutual learning, as if each trained alone
                 groups = (run.mutual.parameter_groups(accelerator.unwrap_model(model)) if run.mutual is not None
                           else [model.parameters()])

@@ -82,7 +82,7 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     distiller = None
     if teachers is not None:
         add_distill_data(config, data, tokenizer, config.model.max_length)
-        distiller = Distiller(config, teachers, tasks, tokenizer)
+        distiller = Distiller(config, teachers, tasks, tokenizer, student_config=encoder.config)
     else:
         encoder = load_encoder(encoder_dir)
     apply_freeze(encoder, config.model.freeze)
@@ -121,6 +121,8 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         total_steps, epochs = tc.epochs * steps_per_epoch, tc.epochs
     plan.total_epochs = epochs  # annealed sampling needs it
     optimizer = build_optimizer(model, tc)
+    if distiller is not None and distiller.parameters():  # hidden-state matching's projections learn too
+        optimizer.add_param_group({"params": distiller.parameters(), "lr": tc.head_lr or tc.lr, "weight_decay": 0.0})
     scheduler = build_scheduler(optimizer, tc, total_steps)
     weighting = method({n: t.weight for n, t in config.tasks.items()}, tc.weighting.options)
     adv = tc.adversarial
