@@ -36,6 +36,9 @@ def teacher(tmp_path_factory, tiny_encoder):
             "train": {"output_dir": str(root / "teacher"), "epochs": 2, "batch_size": 8, "lr": 1e-3,
                       "tensorboard": False, "progress": False, "precision": "fp32"}}
     polytask.train(load_config(data=data))
+    second = copy.deepcopy(data)  # another teacher: another seed, for ensembles
+    second["train"].update(output_dir=str(root / "teacher2"), seed=7)
+    polytask.train(load_config(data=second))
     return root, data
 
 
@@ -196,6 +199,110 @@ def test_distill_data_is_labelled_by_the_teacher(teacher, tmp_path):
     del plain["train"]["distill"]
     with pytest.raises(polytask.errors.UserError, match="distill_data' needs a teacher"):
         load_config(data=plain)
+
+
+def prepared(d: dict):
+    """The run of config dict ``d`` with its teacher outputs cached (no training)."""
+    from polytask.train.setup import build_run
+
+    run = build_run(load_config(data=d))
+    run.distiller.prepare(torch.device("cpu"), "fp32", run.data, run.pad_id, 16, progress=False)
+    return run
+
+
+def test_an_ensemble_of_two_teachers_caches_their_averaged_soft_targets(teacher):
+    root = teacher[0]
+    one, two = (prepared(student_config(teacher, f"c{i}", kinds=("classification", "token"),
+                                        teacher=str(root / name))) for i, name in enumerate(("teacher", "teacher2")))
+    both = prepared(student_config(teacher, "c3", kinds=("classification", "token"),
+                                   teacher=[str(root / "teacher"), str(root / "teacher2")]))
+    for task in ("classification", "token"):
+        a, b, ab = (r.distiller.cache[task]["train"] for r in (one, two, both))
+        assert len(ab) == 32 and not torch.allclose(a[0], b[0])  # two different teachers
+        for x, y, xy in zip(a, b, ab):
+            torch.testing.assert_close(xy, (x + y) / 2)
+
+
+def test_unlabelled_rows_get_the_teachers_soft_targets_of_their_own_text(teacher, tmp_path):
+    rows = [{"text": r["text"]} for r in toy_rows("classification", 16, 7)]
+    d = student_config(teacher, "targets", kinds=("classification",))
+    d["tasks"]["classification"]["distill_data"] = str(write_jsonl(tmp_path / "unlabelled.jsonl", rows))
+    run = prepared(d)
+    cached = run.distiller.cache["classification"]["distill"]
+    teacher_model = polytask.load(teacher[0] / "teacher" / "best")
+    from polytask.data.features import collate
+
+    feats = run.data["classification"].features["distill"]
+    batch = collate(feats, run.tasks["classification"], run.pad_id)
+    with torch.no_grad():
+        logits = teacher_model.model.eval()(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                            tasks=["classification"])["classification"]
+    expected = (logits / 2.0).softmax(-1)  # temperature 2
+    torch.testing.assert_close(torch.stack(cached), expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(torch.stack(cached), torch.stack(run.distiller.cache["classification"]["train"][:16]))
+
+
+def test_teacher_labels_in_another_order_are_permuted_into_the_students(teacher):
+    from polytask.distill.teacher import Teachers
+
+    cfg = load_config(data=student_config(teacher, "perm", kinds=("classification", "multilabel")))
+    teachers = Teachers.load(cfg.train.distill, list(cfg.tasks))
+    run = teachers.runs[0]
+    tasks = {}
+    for name in ("classification", "multilabel"):
+        task = build_task(name, cfg.tasks[name])
+        task.set_labels(list(reversed(run.tasks[name].labels)))
+        tasks[name] = task
+    teachers.check(tasks)
+    out = torch.arange(2 * len(tasks["multilabel"].labels), dtype=torch.float).view(2, -1)
+    assert torch.equal(teachers.logits(0, "multilabel", out), out.flip(-1))
+    # a student label the teacher does not know is refused
+    tasks["classification"].set_labels(["neg", "pos", "neutral"])
+    with pytest.raises(polytask.errors.UserError, match="other labels than in teacher"):
+        teachers.check(tasks)
+
+
+def test_hooks_capture_what_output_hidden_states_returns(teacher):
+    from polytask.config import HiddenConfig
+    from polytask.distill.hidden import HiddenStates
+
+    model = polytask.load(teacher[0] / "teacher" / "best").model
+    model.train()
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    h = HiddenStates(HiddenConfig(weight=1.0), model.encoder.config, model.encoder.config)
+    h.attach(model)
+    with torch.no_grad():
+        model(ids, mask)
+    assert h.captured == []  # validation forwards (no gradients) are not recorded
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # train mode without dropout: both forwards compute the same
+    model.train()
+    model(ids, mask)
+    (states,) = h.take(1)
+    with torch.no_grad():
+        expected = model.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert len(states) == len(expected) == 3
+    for got, want in zip(states, expected):
+        torch.testing.assert_close(got.detach(), want)
+    h.detach()
+    model(ids, mask)
+    assert h.captured == []
+
+
+def test_configs_without_distillation_keep_their_old_shape_and_resume_refuses_another_student(teacher,
+                                                                                              monkeypatch):
+    cfg = load_config(data=teacher[1])
+    assert "distill_data" not in cfg.to_dict()["tasks"]["classification"]
+    assert "distill" not in cfg.to_dict()["train"] and "mutual" not in cfg.to_dict()["train"]
+    d = student_config(teacher, "shape", kinds=("classification",))
+    polytask.train(load_config(data=d))
+    d["train"]["distill"]["student"] = {"layers": 2}
+    with pytest.raises(polytask.errors.UserError, match="train.distill.student' differs"):
+        polytask.train(load_config(data=d), resume=True)
 
 
 def test_per_task_teachers_and_an_ensemble(teacher):
@@ -418,3 +525,24 @@ def test_hidden_state_matching_trains_and_resumes(teacher, tiny_encoder, tmp_pat
     d["train"]["output_dir"] = str(teacher[0] / "narrow-resumed")
     resumed = interrupt_and_resume(load_config(data=d), stop_at=11, monkeypatch=monkeypatch)
     assert final_eval(straight.output_dir) == final_eval(resumed.output_dir)
+
+
+def test_a_tasks_probability_is_shared_by_its_labelled_and_unlabelled_rows(teacher, tmp_path, monkeypatch):
+    import importlib
+
+    setup = importlib.import_module("polytask.train.setup")  # (polytask.train is also the train() function)
+    seen = {}
+    real = setup.MultiTaskBatchPlan
+
+    def capture(lengths, tc, **kwargs):
+        seen.update(kwargs["task_probabilities"])
+        return real(lengths, tc, **kwargs)
+
+    monkeypatch.setattr(setup, "MultiTaskBatchPlan", capture)
+    d = student_config(teacher, "probs", kinds=("classification", "token"))
+    d["tasks"]["classification"]["distill_data"] = str(write_jsonl(
+        tmp_path / "u.jsonl", [{"text": r["text"]} for r in toy_rows("classification", 16, 7)]))
+    d["train"].update(sampling="probabilities", task_probabilities={"classification": 0.6, "token": 0.4})
+    setup.build_run(load_config(data=d))
+    # 32 labelled + 16 unlabelled rows: the task's 0.6 split 2:1
+    assert seen == pytest.approx({"classification": 0.4, "classification@distill": 0.2, "token": 0.4})

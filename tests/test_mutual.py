@@ -10,7 +10,7 @@ import torch
 
 import polytask
 from polytask.errors import UserError
-from polytask.mutual import Mutual, PeerModel
+from polytask.mutual import PeerModel
 from tests.test_resume_ddp import final_eval, interrupt_and_resume, train_two_processes, write_config
 from tests.test_train_cycle import logits_of
 
@@ -133,4 +133,26 @@ def test_bad_mutual_settings_name_the_key(mutual, extra, message, toy_config, bu
 def test_one_peer_is_plain_training_and_is_left_out_of_saved_configs(toy_config, build_config):
     cfg = build_config(toy_config(["classification"], train={"mutual": {"peers": 1}}))
     assert not cfg.train.mutual.enabled and "mutual" not in cfg.to_dict()["train"]
-    assert isinstance(Mutual, type)
+    from polytask.train.setup import build_run
+
+    assert not isinstance(build_run(cfg).model, PeerModel)
+
+
+def test_each_peer_is_clipped_alone_and_a_nan_in_any_peer_is_seen(toy_config, build_config):
+    from accelerate import Accelerator
+
+    from polytask.train.loop import clip_gradients
+
+    run, *_ = tiny_peers(toy_config, build_config)
+    peers = run.model.peers
+    for k, peer in enumerate(peers):
+        for p in peer.parameters():
+            p.grad = torch.full_like(p, 10.0 * (k + 1))
+    norms = [torch.cat([p.grad.flatten() for p in peer.parameters()]).norm() for peer in peers]
+    got = clip_gradients(Accelerator(cpu=True), run.model, run, max_norm=1.0)
+    torch.testing.assert_close(got, max(norms))
+    for peer in peers:  # each peer scaled to norm 1 on its own (a joint clip would leave peer 0 below 1)
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in peer.parameters()]).norm(),
+                                   torch.tensor(1.0), rtol=1e-3, atol=1e-3)
+    next(peers[1].parameters()).grad[0] = float("nan")
+    assert torch.isnan(clip_gradients(Accelerator(cpu=True), run.model, run, max_norm=1.0))

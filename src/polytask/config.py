@@ -449,6 +449,8 @@ class Config:
                                     "rlw or famo")
 
     def _validate_distill(self) -> None:
+        from polytask.weighting import WEIGHTINGS
+
         d = self.train.distill
         data_tasks = [n for n, t in self.tasks.items() if t.distill_data]
         if not d.enabled:
@@ -476,6 +478,10 @@ class Config:
         if self.train.adversarial.method != "none":
             raise NotSupportedError("train.distill with train.adversarial: adversarial training of a distilled "
                                     "student is not supported; remove one of them")
+        if data_tasks and WEIGHTINGS.get(self.train.weighting.method).needs_all_tasks:
+            raise NotSupportedError(f"config key 'tasks.{data_tasks[0]}.distill_data' with train.weighting.method: "
+                                    f"{self.train.weighting.method} is not supported (it needs every task's loss at "
+                                    "each step, and unlabelled rows train one task alone); use static, uw, dwa or rlw")
         if data_tasks and self.train.sampling == "all_tasks":
             raise NotSupportedError(f"config key 'tasks.{data_tasks[0]}.distill_data' with train.sampling: "
                                     "all_tasks is not supported; use another sampling")
@@ -495,6 +501,9 @@ class Config:
             del d["train"]["adversarial"]  # off: configs (and saved checkpoints) read as before adversarial existed
         else:
             d["train"]["adversarial"] = self.train.adversarial.to_dict()
+        for t in d["tasks"].values():
+            if t["distill_data"] is None:
+                del t["distill_data"]  # unset: configs (and saved checkpoints) read as before distillation existed
         if not self.train.distill.enabled:
             del d["train"]["distill"]  # off: configs (and saved checkpoints) read as before distillation existed
         if not self.train.mutual.enabled:

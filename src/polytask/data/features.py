@@ -147,8 +147,10 @@ class TaskData:
 
 
 def prepare_task_data(tasks: dict[str, TaskType], tokenizer, max_length: int, splits=SPLITS,
-                      fit_labels: bool = True) -> dict[str, TaskData]:
-    """Read and tokenise every split of every task; fit label vocabularies on the training split."""
+                      fit_labels: bool = True, extra_labels: dict[str, list[str]] | None = None
+                      ) -> dict[str, TaskData]:
+    """Read and tokenise every split of every task; fit label vocabularies on the training split (plus
+    ``extra_labels[task]``: a distillation teacher's labels, which a sample of the data may lack)."""
     out = {}
     keys = [source_key(t.cfg) for t in tasks.values()]
     for name, task in tasks.items():
@@ -162,7 +164,7 @@ def prepare_task_data(tasks: dict[str, TaskType], tokenizer, max_length: int, sp
                     raise UserError(f"task '{name}' has no training data")
                 continue
             if split == "train" and fit_labels:
-                task.fit_labels(examples, known_labels(task))
+                task.fit_labels(examples, (known_labels(task) or []) + (extra_labels or {}).get(name, []))
             data.examples[split] = examples
             data.features[split] = task.encode(examples, tokenizer, max_length)
         out[name] = data

@@ -222,6 +222,11 @@ class Distiller:
                     objective[t] = objective[t] + loss / len(seg_parts)
         return objective, logged
 
+    def finish(self) -> None:
+        """Training is over: stop recording the student's hidden states."""
+        if self.hidden is not None:
+            self.hidden.detach()
+
     # -- the projections of hidden-state matching: trained with the student, kept in last/ -------------------
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.hidden.parameters()) if self.hidden is not None else []

@@ -64,6 +64,12 @@ class HiddenStates(nn.Module):
         modules = [embeddings_module(encoder), *encoder_layers(encoder)]
         self._hooks = [m.register_forward_hook(record) for m in modules]
 
+    def detach(self) -> None:
+        """Remove the hooks (the trained student is handed back without them)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self.captured = [], []
+
     def take(self, segments: int) -> list[list[torch.Tensor]]:
         """The captured states of the last ``segments`` encoder calls, per call ``[B, T, H]`` each; clears them."""
         n = self.student_states

@@ -24,7 +24,8 @@ import torch
 from polytask.compare.cost import sample_inputs
 from polytask.config import Config
 from polytask.data.features import prepare_task_data
-from polytask.distill.teacher import Ensemble, Teachers
+from polytask.distill.teacher import Ensemble, Teachers, same_tokenizer
+from polytask.errors import NotSupportedError
 from polytask.evaluate.report import evaluate_checkpoint
 from polytask.evaluate.runner import evaluate_split, mean_score
 from polytask.model.io import write_json
@@ -39,9 +40,11 @@ class DistillResult:
 
 
 def baseline_config(config: Config) -> Config:
-    """The student from labels only: the same config with ``alpha: 0`` and no distill_data."""
+    """The student from labels only: the same config with ``alpha: 0``, no hidden-state matching and no
+    distill_data."""
     cfg = copy.deepcopy(config)
     cfg.train.distill.alpha = 0.0
+    cfg.train.distill.hidden.weight = 0.0
     for t in cfg.tasks.values():
         t.distill_data = None
     cfg.train.output_dir = str(Path(config.train.output_dir)) + "-labels-only"
@@ -82,6 +85,9 @@ def teacher_scores(config: Config, student: Predictor, split: str, batch_size: i
     results: dict[str, Any] = {}
     for name, task in student.tasks.items():
         first = teachers.runs[teachers.by_task[name][0]]
+        if not all(same_tokenizer(teachers.runs[r].tokenizer, first.tokenizer) for r in teachers.by_task[name]):
+            raise NotSupportedError(f"scoring the teachers of task '{name}': an ensemble whose members use different "
+                                    "tokenizers is not supported (they are scored on one input)")
         data = prepare_task_data({name: task}, first.tokenizer, first.config.model.max_length, splits=(split,),
                                  fit_labels=False)
         if split in data[name].features:

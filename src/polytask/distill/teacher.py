@@ -82,6 +82,11 @@ class Teachers:
                 by_task.setdefault(task, []).append(where[folder])
         return cls(runs, by_task)
 
+    def labels(self) -> dict[str, list[str]]:
+        """Each task's labels in its first teacher (the student knows them even if its data lacks some)."""
+        return {t: list(self.runs[r[0]].tasks[t].labels) for t, r in self.by_task.items()
+                if t in self.runs[r[0]].tasks}
+
     def check(self, tasks: dict[str, TaskType]) -> None:
         """Every student task must exist in its teachers with the same type and label set (order may differ)."""
         for name, task in tasks.items():

@@ -122,10 +122,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
             run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
             if run.distiller is not None:
                 run.distiller.end_step(lambda t: all_reduce_mean(accelerator, t))
-            if tc.grad_clip is not None:  # per peer under mutual learning, as if each trained alone
-                groups = (run.mutual.parameter_groups(accelerator.unwrap_model(model)) if run.mutual is not None
-                          else [model.parameters()])
-                norm = max(accelerator.clip_grad_norm_(g, tc.grad_clip) for g in groups)
+            if tc.grad_clip is not None:
+                norm = clip_gradients(accelerator, model, run, tc.grad_clip)
                 check_finite(accelerator, run, window, {}, state.global_step, norm, on_stop=(logger.close, bar.close))
             optimizer.step()
             run.scheduler.step()
@@ -147,6 +145,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
                 save_training_state(accelerator, model, run, state, early)
 
     state.finished = True
+    if run.distiller is not None:
+        run.distiller.finish()
     check_processes_agree(accelerator, model, run)
     save_training_state(accelerator, model, run, state, early)
     bar.close()
@@ -218,6 +218,17 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
     return {task: sum(v) / len(v) for task, v in seen.items()}
 
 
+def clip_gradients(accelerator: Accelerator, model, run: Run, max_norm: float) -> torch.Tensor:
+    """Clip the gradients to ``max_norm`` — each mutual-learning peer on its own, as if it trained alone; the
+    hidden-state projections of distillation with the model — and return the largest norm (NaN if any is)."""
+    groups = (run.mutual.parameter_groups(accelerator.unwrap_model(model)) if run.mutual is not None
+              else [list(model.parameters())])
+    if run.distiller is not None and run.distiller.parameters():
+        groups[0] = groups[0] + run.distiller.parameters()
+    norms = [torch.as_tensor(accelerator.clip_grad_norm_(g, max_norm), dtype=torch.float32) for g in groups]
+    return torch.stack(norms).max()  # torch's max keeps a NaN (Python's max would drop one after a number)
+
+
 def perturbable(accelerator: Accelerator, model, run: Run, inputs: dict[str, Any],
                 parts: dict[str, tuple[torch.Tensor, torch.Tensor]], adversarial: list[str]) -> Perturbable:
     """The group's batch for an adversarial method: word embeddings looked up by the encoder's own module,
@@ -245,7 +256,9 @@ def check_processes_agree(accelerator: Accelerator, model, run: Run) -> None:
     difference means some gradient was not averaged, and the run is refused rather than silently wrong."""
     if accelerator.num_processes == 1:
         return
-    params = accelerator.unwrap_model(model).parameters()
+    params = list(accelerator.unwrap_model(model).parameters())
+    if run.distiller is not None:
+        params += run.distiller.parameters()
     digest = [float(sum(p.detach().double().sum() for p in params)),
               json.dumps(run.weighting.state_dict(), sort_keys=True)]
     digests = gather_object([digest])

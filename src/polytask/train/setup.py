@@ -75,7 +75,8 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         encoder_dir = resolve_encoder(config.model.encoder)
         tokenizer = load_tokenizer(encoder_dir)
     tasks = {name: build_task(name, t) for name, t in config.tasks.items()}
-    data = prepare_task_data(tasks, tokenizer, config.model.max_length, splits=("train", "validation"))
+    data = prepare_task_data(tasks, tokenizer, config.model.max_length, splits=("train", "validation"),
+                             extra_labels=teachers.labels() if teachers is not None else None)
     for name, t in config.tasks.items():  # test data is read by `evaluate`; a wrong path should fail now
         if t.test:
             require_file(t.test, key=f"tasks.{name}.test")
@@ -110,8 +111,9 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
                         f"every joint batch, but some rows have no label for {', '.join(partial)}; use static, uw "
                         "or rlw, label every row, or set train.joint_batches: off")
     probs = None
-    if tc.task_probabilities:
-        probs = {n: sum(tc.task_probabilities[t] for t in s.tasks) for n, s in sources.items()}
+    if tc.task_probabilities:  # a task's probability, shared by its sources in proportion to their rows
+        rows = {t: sum(len(s) for s in sources.values() if t in s.tasks) for t in tasks}
+        probs = {n: sum(tc.task_probabilities[t] * len(s) / rows[t] for t in s.tasks) for n, s in sources.items()}
     plan = MultiTaskBatchPlan({n: s.lengths for n, s in sources.items()}, tc, world_size=world_size, rank=rank,
                               task_probabilities=probs)
     steps_per_epoch = math.ceil(len(plan) / (tc.grad_accum * plan.tasks_per_step))
