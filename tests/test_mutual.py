@@ -156,3 +156,15 @@ def test_each_peer_is_clipped_alone_and_a_nan_in_any_peer_is_seen(toy_config, bu
                                    torch.tensor(1.0), rtol=1e-3, atol=1e-3)
     next(peers[1].parameters()).grad[0] = float("nan")
     assert torch.isnan(clip_gradients(Accelerator(cpu=True), run.model, run, max_norm=1.0))
+
+
+def test_affinity_refuses_mutual_learning(toy_config, tmp_path, capsys):
+    import yaml
+
+    from polytask.cli import main
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(yaml.safe_dump(mutual_config(toy_config)), encoding="utf-8")
+    assert main(["affinity", str(cfg), "--steps", "2", "--output", str(tmp_path / "aff")]) == 2
+    assert "polytask affinity with train.mutual is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "aff").exists()

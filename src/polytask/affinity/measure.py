@@ -31,7 +31,7 @@ import torch
 from polytask.config import Config
 from polytask.data.features import to_device
 from polytask.data.joint import segment_sources
-from polytask.errors import UserError
+from polytask.errors import NotSupportedError, UserError
 
 
 def affinity_config(config: Config, output: Path, steps: int | None, progress: bool) -> Config:
@@ -129,6 +129,9 @@ def measure_affinity(config: Config, output: str | Path, steps: int | None = Non
         raise UserError(f"--fraction must be in (0, 1], got {fraction}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
+    for key, on in (("train.mutual", config.train.mutual.enabled), ("train.distill", config.train.distill.enabled)):
+        if on:  # the probe measures one model's tasks; peers or a teacher would change what it measures
+            raise NotSupportedError(f"polytask affinity with {key} is not supported; measure the config without it")
     cfg = affinity_config(config, Path(output), steps, progress)
     probe = AffinityProbe(list(cfg.tasks), {n: t.weight for n, t in cfg.tasks.items()}, max(1, round(1 / fraction)),
                           lookahead_lr if lookahead_lr is not None else cfg.train.lr)
