@@ -441,28 +441,13 @@ def test_a_student_with_another_tokenizer_distils_sentence_tasks_and_refuses_tok
 def test_distillation_under_grad_accum_and_bf16(teacher):
     """Two accumulated micro-batches of 4 give the distillation gradient of one batch of 8 (dropout off); a
     bf16 distillation (the teacher's cache computed under the same autocast) trains and reloads."""
-    from accelerate import Accelerator
-
-    from polytask.train.loop import train_step
     from polytask.train.setup import build_run
+    from tests.test_train_cycle import assert_accumulation_matches
 
     run = build_run(load_config(data=student_config(teacher, "accum", kinds=("classification", "token"))))
     run.distiller.prepare(torch.device("cpu"), "fp32", run.data, run.pad_id, 16, progress=False)
-    run.model.eval()
-    acc = Accelerator(cpu=True)
-    idx = list(range(8))
-
-    def grads(window):
-        run.model.zero_grad()
-        train_step(acc, run.model, run, window, step=0)
-        return [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
-
     for task in ("classification", "token"):
-        one = grads([(task, idx)])
-        two = grads([(task, idx[:4]), (task, idx[4:])])
-        assert len(one) == len(two) > 0
-        for g1, g2 in zip(one, two):
-            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+        assert_accumulation_matches(run, task)
     result = polytask.train(load_config(data=student_config(teacher, "bf16", kinds=("classification", "token")),
                                         overrides=["train.precision=bf16", "train.grad_accum=2"]))
     assert result.global_step == 8 and polytask.load(result.output_dir / "best").model is not None

@@ -122,13 +122,18 @@ def test_early_stopping_stops(toy_config, build_config):
 
 def test_grad_accum_matches_larger_batch(toy_config, build_config):
     """Two accumulated micro-batches of 4 give the gradient of one batch of 8 (dropout off)."""
-    from accelerate import Accelerator
-
-    from polytask.train.loop import train_step
     from polytask.train.setup import build_run
 
     cfg = build_config(toy_config(["classification"], n_train=16, n_eval=8))
-    run = build_run(cfg)
+    assert_accumulation_matches(build_run(cfg), "classification")
+
+
+def assert_accumulation_matches(run, task: str) -> None:
+    """Two accumulated micro-batches of 4 rows of ``task`` give the gradient of one batch of those 8 rows."""
+    from accelerate import Accelerator
+
+    from polytask.train.loop import train_step
+
     run.model.eval()  # no dropout: both paths see the same function
     acc = Accelerator(cpu=True)
     idx = list(range(8))
@@ -138,8 +143,8 @@ def test_grad_accum_matches_larger_batch(toy_config, build_config):
         train_step(acc, run.model, run, window, step=0)
         return [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
 
-    one = grads([("classification", idx)])
-    two = grads([("classification", idx[:4]), ("classification", idx[4:])])
+    one = grads([(task, idx)])
+    two = grads([(task, idx[:4]), (task, idx[4:])])
     assert len(one) == len(two) > 0
     for g1, g2 in zip(one, two):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
