@@ -14,14 +14,13 @@ the share of the teacher's score the distilled student keeps; then parameters an
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from polytask.compare.cost import sample_inputs
+from polytask.compare.cost import sample_inputs, timed
 from polytask.config import Config
 from polytask.data.features import prepare_task_data
 from polytask.distill.teacher import Ensemble, Teachers, same_tokenizer
@@ -65,20 +64,21 @@ def distill(config: Config, resume: bool = False, overwrite: bool = False, basel
         return DistillResult(out, {})
     student = Predictor(out / "best")
     split = "test" if all(t.cfg.test or t.cfg.dataset for t in student.tasks.values()) else "validation"
-    scores = {"teacher": teacher_scores(config, student, split, batch_size)}
+    teachers = Teachers.load(config.train.distill, list(student.tasks))  # loaded once, for scores and speed
+    scores = {"teacher": teacher_scores(teachers, student, split, batch_size)}
     for name, folder in runs.items():
-        scores[name] = evaluate_checkpoint(Predictor(folder / "best"), split, batch_size)
-    speed = inference_speed(config, student, inference_samples)
+        scores[name] = evaluate_checkpoint(student if name == "distilled" else Predictor(folder / "best"), split,
+                                           batch_size)
+    speed = inference_speed(teachers, student, inference_samples)
     summary = summarise(scores, student, split, speed, runs)
     write_json(out / "distill.json", summary)
     (out / "distill.md").write_text(markdown(summary), encoding="utf-8")
     return DistillResult(out, summary)
 
 
-def teacher_scores(config: Config, student: Predictor, split: str, batch_size: int) -> dict[str, Any]:
+def teacher_scores(teachers: Teachers, student: Predictor, split: str, batch_size: int) -> dict[str, Any]:
     """The teachers' metrics per task on ``split``: each task read through its first teacher's tokenizer,
     several teachers of a task averaged (``Ensemble``)."""
-    teachers = Teachers.load(config.train.distill, list(student.tasks))
     teachers.check(student.tasks)
     device = student.device
     ensemble = Ensemble(teachers, student.tasks).to(device).eval()
@@ -98,13 +98,12 @@ def teacher_scores(config: Config, student: Predictor, split: str, batch_size: i
     return results
 
 
-def inference_speed(config: Config, student: Predictor, n: int, batch_size: int = 32, repeats: int = 2
+def inference_speed(teachers: Teachers, student: Predictor, n: int, batch_size: int = 32, repeats: int = 2
                     ) -> dict[str, Any]:
     """Examples/s answering every task: the teachers (each run its own tasks) against the student, on the same
     inputs, sides interleaved, best of ``repeats``."""
     if n <= 0:
         return {}
-    teachers = Teachers.load(config.train.distill, list(student.tasks))
     served = {}
     for name, runs in teachers.by_task.items():
         for r in runs:
@@ -124,9 +123,7 @@ def inference_speed(config: Config, student: Predictor, n: int, batch_size: int 
     best = {"teacher": float("inf"), "student": float("inf")}
     for _ in range(repeats):
         for side, fn in (("teacher", run_teachers), ("student", run_student)):
-            start = time.perf_counter()
-            fn()
-            best[side] = min(best[side], time.perf_counter() - start)
+            best[side] = min(best[side], timed(fn))
     return {
         "inputs": len(inputs), "batch_size": batch_size, "threads": torch.get_num_threads(),
         "teacher_per_second": round(len(inputs) / best["teacher"], 1),
