@@ -32,12 +32,15 @@ def finished(run: Path) -> bool:
     return (run / "best" / "polytask.json").is_file() and state.is_file() and json.loads(state.read_text())["finished"]
 
 
-def mean_std(values: list[float]) -> str:
+def percent(values: list[float | None]) -> str:
+    """``mean ± std`` in percent of the values given (``–`` when there are none)."""
+    from polytask.compare.runner import mean_std
+
     values = [v for v in values if v is not None]
     if not values:
         return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+    m, sd = mean_std(values)
+    return f"{100 * m:.2f} ± {100 * sd:.2f}"
 
 
 def main() -> None:
@@ -90,11 +93,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for t in tasks:
         rows = [s["tasks"][t] for s in summaries]
-        print(f"| {t} | {rows[0]['metric']} | " + " | ".join(mean_std([r.get(k) for r in rows]) for k in
+        print(f"| {t} | {rows[0]['metric']} | " + " | ".join(percent([r.get(k) for r in rows]) for k in
                                                                 ("teacher", "labels_only", "distilled", "kept")) + " |")
-    print("| mean | | " + " | ".join(mean_std([s["mean"].get(k) for s in summaries]) for k in
+    print("| mean | | " + " | ".join(percent([s["mean"].get(k) for s in summaries]) for k in
                                        ("teacher", "labels_only", "distilled")) + " | "
-          + mean_std([s["kept"] for s in summaries]) + " |")
+          + percent([s["kept"] for s in summaries]) + " |")
     sp = [s["speed"] for s in summaries if s["speed"]]
     if sp:
         print(f"\nparameters: teacher {sp[0]['teacher_parameters'] / 1e6:.1f}M, student "

@@ -50,10 +50,6 @@ def test_scores(run: Path) -> dict:
             "ensemble": {**{t: ens[t][m] for t, m in main.items()}, "mean": ens["mean"]}, "metrics": main}
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     add_seed_args(p, "bench-mutual")
@@ -63,6 +59,7 @@ def main() -> None:
     args = p.parse_args()
     setup_threads(args.threads)
     import polytask
+    from polytask.compare.runner import mean_std
 
     out, seeds, overrides = seed_runs(args, "bench-mutual")
     print(f"machine: {machine()}")

@@ -337,11 +337,19 @@ def test_distillation_under_two_processes(teacher, tmp_path):
     assert state["finished"] and state["global_step"] == 8  # 2 tasks x 32 rows / (2 x 8) per step, 2 epochs
 
 
-def test_polytask_distill_writes_the_comparison_table(teacher, tmp_path, capsys):
+def test_polytask_distill_writes_the_comparison_table(teacher, tmp_path, capsys, monkeypatch):
+    import polytask.predict
+
     d = student_config(teacher, "cli", kinds=("classification", "regression"))
     path = tmp_path / "d.yaml"
     path.write_text(yaml.safe_dump(d), encoding="utf-8")
+    read = []  # checkpoints a Predictor reads from disk
+    real = polytask.predict.load_checkpoint
+    monkeypatch.setattr(polytask.predict, "load_checkpoint", lambda folder, *a: read.append(Path(folder)) or
+                        real(folder, *a))
     assert main(["distill", str(path), "--inference-samples", "16"]) == 0
+    # the teacher, loaded once for its scores, is timed as it is: no Predictor reads it again
+    assert read and (teacher[0] / "teacher" / "best").resolve() not in {f.resolve() for f in read}
     out = Path(d["train"]["output_dir"])
     summary = json.loads((out / "distill.json").read_text())
     assert set(summary["tasks"]) == {"classification", "regression"}
@@ -356,6 +364,18 @@ def test_polytask_distill_writes_the_comparison_table(teacher, tmp_path, capsys)
     assert math.isclose(summary["tasks"]["classification"]["teacher"], own["classification"]["accuracy"])
     assert summary["speed"]["student_layers"] == 1 and summary["speed"]["teacher_layers"] == 2
     assert "| classification | accuracy |" in capsys.readouterr().out
+
+
+def test_a_predictor_over_a_loaded_checkpoint_predicts_as_one_read_from_disk(teacher):
+    from polytask.model.io import load_checkpoint
+    from polytask.predict import Predictor
+
+    folder = teacher[0] / "teacher" / "best"
+    texts = [{"text": "show me flights from boston to denver", "text2": "denver"},
+             {"text": "cheap flights to miami on monday please", "text2": "miami"}]
+    loaded = Predictor.from_loaded(folder, *load_checkpoint(folder))
+    assert loaded.task_names == list(KINDS) and not loaded.model.training
+    assert loaded.predict(texts) == polytask.load(folder).predict(texts)
 
 
 # -- bad input --------------------------------------------------------------------------------------------

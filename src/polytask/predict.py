@@ -48,6 +48,17 @@ class Predictor:
         self.device = device
         self.config, self.tasks, self.tokenizer, self.model = load_checkpoint(self.path, device)
 
+    @classmethod
+    def from_loaded(cls, path: str | Path, config, tasks, tokenizer, model,
+                    device: str | torch.device | None = None) -> Predictor:
+        """A Predictor over a checkpoint already in memory (``load_checkpoint``'s four parts), read from disk no
+        second time; the model is moved to ``device`` (default: where its parameters are) and put in eval mode."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.config, self.tasks, self.tokenizer, self.model = config, tasks, tokenizer, model.to(self.device).eval()
+        return self
+
     @property
     def task_names(self) -> list[str]:
         return list(self.tasks)

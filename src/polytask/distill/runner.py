@@ -108,7 +108,11 @@ def inference_speed(teachers: Teachers, student: Predictor, n: int, batch_size: 
     for name, runs in teachers.by_task.items():
         for r in runs:
             served.setdefault(r, []).append(name)
-    teacher_preds = [(Predictor(teachers.runs[r].folder, student.device), names) for r, names in served.items()]
+    teacher_preds = []  # the teachers already loaded, not read from disk again
+    for r, names in served.items():
+        run = teachers.runs[r]
+        teacher_preds.append((Predictor.from_loaded(run.folder, run.config, run.tasks, run.tokenizer, run.model,
+                                                    student.device), names))
     inputs = sample_inputs(student, n)
 
     def run_teachers():
