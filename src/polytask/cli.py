@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--json", action="store_true", help="print the results as JSON")
     rb.set_defaults(func=cmd_robustness)
 
+    x = sub.add_parser("export", help="write a trained model for deployment: --merge folds a shared LoRA/IA3 "
+                                      "adapter into the encoder (a plain checkpoint)")
+    x.add_argument("run", help="run folder (its best/ checkpoint) or a checkpoint folder")
+    x.add_argument("--merge", action="store_true", help="merge the adapter into the encoder's weights")
+    x.add_argument("--output", required=True, help="folder for the exported checkpoint")
+    x.add_argument("--overwrite", action="store_true", help="replace --output if it holds files")
+    x.set_defaults(func=cmd_export)
+
     d = sub.add_parser("datasets", help="list built-in datasets")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
@@ -160,6 +168,7 @@ def cmd_distill(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from polytask.evaluate.report import evaluate_checkpoint, metric_choice, results_json, summary_rows, write_report
+    from polytask.model.adapters import summary_line
     from polytask.predict import Predictor, checkpoint_dir
 
     ckpt = checkpoint_dir(args.run)
@@ -176,6 +185,7 @@ def cmd_evaluate(args) -> int:
         for name, typ, shown in summary_rows(results, predictor.tasks):
             print(f"  {name} [{typ}]: {shown}")
         print(f"  mean of main metrics: {results['mean']:.4f}")
+        print(f"  model: {summary_line(json.loads(json_path.read_text())['model'])}")
         for name, task in predictor.tasks.items():
             if name in results:
                 print(f"  {metric_choice(name, task)}")
@@ -283,6 +293,18 @@ def cmd_compare(args) -> int:
     if dm:
         print(f"delta-m: {dm['mean']:+.2f}% ± {dm['std']:.2f}")
     print(f"report: {result.output_dir / 'comparison.md'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from polytask.errors import NotSupportedError
+    from polytask.export import export_merged
+
+    if not args.merge:
+        raise NotSupportedError("polytask export: only --merge (a plain checkpoint with the adapter merged) is "
+                                "available; ONNX export is not supported yet")
+    out = export_merged(args.run, args.output, overwrite=args.overwrite)
+    print(f"merged checkpoint written to {out}")
     return 0
 
 

@@ -35,6 +35,87 @@ SCI_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 FREEZE_RE = re.compile(r"^(none|embeddings|encoder|bottom:(\d+))$")
 
 
+PEFT_OPTIONS = {  # model.peft options each method reads (the rest are refused for it)
+    "lora": ("r", "alpha", "dropout", "target_modules"),
+    "ia3": ("target_modules", "feedforward_modules"),
+    "prefix": ("num_virtual_tokens", "projection"),
+}
+
+
+@dataclass
+class PeftConfig:
+    """``model.peft:`` — parameter-efficient fine-tuning of the shared encoder (on the ``peft`` library): the
+    encoder's own weights stay frozen and only a small adapter trains, beside the task heads (which always train).
+
+    ``method``: ``none`` | ``lora`` (low-rank updates of the encoder's linear layers: ``r``, ``alpha``,
+    ``dropout``, ``target_modules``) | ``ia3`` (learned rescaling of keys, values and the feed-forward:
+    ``target_modules``, ``feedforward_modules``) | ``prefix`` (prefix tuning / P-tuning v2: trained key/value
+    prefixes in every layer: ``num_virtual_tokens``, ``projection``). ``target_modules: null`` takes the
+    per-architecture default (``polytask.model.peft``). ``sharing``: ``shared`` (one adapter for every task: one
+    encoder pass answers them all) or ``per_task`` (one adapter per task: one pass per task at inference)."""
+
+    method: Literal["none", "lora", "ia3", "prefix"] = "none"
+    sharing: Literal["shared", "per_task"] = "shared"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+    num_virtual_tokens: int = 20
+    projection: bool = False  # prefix: reparametrise the prefixes through a 2-layer MLP while training
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> PeftConfig:
+        if data is None:
+            return cls()
+        if isinstance(data, str):
+            data = {"method": data}
+        if not isinstance(data, dict):
+            raise UserError(f"config key '{path}' must be a mapping like {{method: lora, r: 8}}, got {data!r}")
+        data = dict(data)
+        lists = {k: data.pop(k) for k in ("target_modules", "feedforward_modules") if k in data}
+        out = _build(cls, data, path)
+        for k, v in lists.items():
+            if v is not None and (not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v)):
+                _bad(f"{path}.{k}", v, "null (the architecture's default) or a non-empty list of module names, "
+                                       "e.g. [query, value]")
+            setattr(out, k, v)
+        given = set(data) | set(lists)
+        if out.method == "none":
+            extra = sorted(given - {"method"})
+            if extra:
+                raise UserError(f"config key '{path}.{extra[0]}' needs a PEFT method; set {path}.method to one of: "
+                                + ", ".join(PEFT_OPTIONS))
+            return out
+        wrong = sorted(given - {"method", "sharing", *PEFT_OPTIONS[out.method]})
+        if wrong:
+            raise UserError(f"config key '{path}.{wrong[0]}' is not an option of {out.method}; {out.method} takes: "
+                            + ", ".join(PEFT_OPTIONS[out.method]))
+        if out.r < 1:
+            _bad(f"{path}.r", out.r, "an integer >= 1 (the rank of the LoRA update)")
+        if out.alpha <= 0:
+            _bad(f"{path}.alpha", out.alpha, "a number > 0")
+        if not 0.0 <= out.dropout < 1.0:
+            _bad(f"{path}.dropout", out.dropout, "a number in [0, 1)")
+        if out.num_virtual_tokens < 1:
+            _bad(f"{path}.num_virtual_tokens", out.num_virtual_tokens, "an integer >= 1")
+        if out.feedforward_modules and not out.target_modules:
+            raise UserError(f"config key '{path}.feedforward_modules' needs {path}.target_modules (a subset of them)")
+        if out.feedforward_modules and not set(out.feedforward_modules) <= set(out.target_modules or []):
+            _bad(f"{path}.feedforward_modules", out.feedforward_modules,
+                 f"a subset of {path}.target_modules ({', '.join(out.target_modules or [])})")
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The method, the sharing mode and the method's own options (what ``from_dict`` accepts back)."""
+        keys = ("method", "sharing", *PEFT_OPTIONS.get(self.method, ()))
+        return {k: getattr(self, k) for k in keys}
+
+
 @dataclass
 class ModelConfig:
     """``model:`` section — the shared encoder."""
@@ -44,6 +125,7 @@ class ModelConfig:
     freeze: str = "none"  # none | embeddings | bottom:N | encoder
     pooling: Literal["mean", "cls"] = "mean"  # sentence representation for sentence-level heads
     dropout: float = 0.1  # dropout before every head
+    peft: PeftConfig = field(default_factory=PeftConfig)  # parameter-efficient fine-tuning (off by default)
 
 
 @dataclass
@@ -333,6 +415,7 @@ class Config:
             _bad("model.dropout", m.dropout, "a number in [0, 1)")
         if not self.tasks:
             raise UserError("config key 'tasks' is empty: define at least one task")
+        self._validate_peft()
         for name, t in self.tasks.items():
             p = f"tasks.{name}"
             if not re.match(r"^[^\W\d][\w\-]*$", name):  # \w is Unicode: 情感 is a fine task name
@@ -427,6 +510,18 @@ class Config:
         self._validate_mutual()
         return self
 
+    def _validate_peft(self) -> None:
+        pc = self.model.peft
+        if not pc.enabled:
+            return
+        if self.model.freeze != "none":
+            raise UserError(f"config key 'model.freeze' is {self.model.freeze!r} with model.peft.method: {pc.method}, "
+                            "which freezes the whole encoder already (only the adapter and the heads train); "
+                            "set model.freeze: none")
+        for other, on in (("train.distill", self.train.distill.enabled), ("train.mutual", self.train.mutual.enabled)):
+            if on:
+                raise NotSupportedError(f"model.peft with {other} is not supported yet; remove one of them")
+
     def _validate_mutual(self) -> None:
         from polytask.weighting import WEIGHTINGS
 
@@ -497,6 +592,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"]["weighting"] = self.train.weighting.to_dict()
+        if self.model.peft.enabled:
+            d["model"]["peft"] = self.model.peft.to_dict()
+        else:
+            del d["model"]["peft"]  # off: configs (and saved checkpoints) read as before PEFT existed
         if self.train.adversarial.method == "none" and not self.train.adversarial.tasks:
             del d["train"]["adversarial"]  # off: configs (and saved checkpoints) read as before adversarial existed
         else:

@@ -9,7 +9,8 @@ from typing import Any
 
 from polytask.data.features import prepare_task_data
 from polytask.evaluate.runner import evaluate_split
-from polytask.model.io import write_json
+from polytask.model.adapters import model_summary, summary_line
+from polytask.model.io import WEIGHTS_FILE, write_json
 from polytask.predict import Predictor
 
 
@@ -25,7 +26,8 @@ def evaluate_checkpoint(predictor: Predictor, split: str = "test", batch_size: i
 
 def write_report(results: dict[str, Any], predictor: Predictor, split: str, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"checkpoint": str(predictor.path), "split": split, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {"checkpoint": str(predictor.path), "split": split, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "model": model_summary(predictor.model, predictor.config, predictor.path / WEIGHTS_FILE)}
     main = {name: {"metric": task.main_metric, "reason": task.metric_reason}
             for name, task in predictor.tasks.items() if name in results}
     write_json(out_dir / "report.json", {**meta, "main_metrics": main, "results": results})
@@ -54,7 +56,8 @@ def metric_choice(name: str, task) -> str:
 
 def markdown_report(results: dict[str, Any], predictor: Predictor, split: str, meta: dict[str, Any]) -> str:
     lines = [f"# Evaluation report — {split} split", "",
-             f"Checkpoint: `{meta['checkpoint']}`  ", f"Date: {meta['time']}", "",
+             f"Checkpoint: `{meta['checkpoint']}`  ", f"Date: {meta['time']}  ",
+             *([f"Model: {summary_line(meta['model'])}"] if "model" in meta else []), "",
              "| task | type | " + " | ".join(["main metric", "value"]) + " |", "|---|---|---|---|"]
     for name, task in predictor.tasks.items():
         if name in results:

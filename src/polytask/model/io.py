@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from polytask.config import Config
 from polytask.errors import UserError
 from polytask.model.encoder import load_encoder, load_tokenizer
-from polytask.model.multitask import MultiTaskModel
+from polytask.model.multitask import MultiTaskModel, build_model
 from polytask.tasks import TaskType, build_task
 from polytask.version import __version__
 
@@ -78,15 +78,45 @@ def write_json(path: Path, data: Any) -> None:
 
 def fill_model_folder(folder: Path, model: MultiTaskModel, tokenizer, config: Config,
                       tasks: dict[str, TaskType]) -> None:
-    """Write the loadable part of a checkpoint into an (empty) folder."""
-    save_model(model, str(folder / WEIGHTS_FILE))
+    """Write the loadable part of a checkpoint into an (empty) folder. Under ``model.peft`` the weights file holds
+    only what trained (adapters and heads) and the metadata the frozen encoder's fingerprint."""
+    meta = {"polytask_version": __version__, "config": config.to_dict(),
+            "tasks": {name: t.spec() for name, t in tasks.items()}}
+    if config.model.peft.enabled:
+        import peft
+
+        from polytask.model.adapters import frozen_fingerprint, trained_state
+
+        state = trained_state(model)
+        if not any(k.startswith("heads.") for k in state):  # never write a checkpoint whose heads come back random
+            raise RuntimeError("a PEFT checkpoint without its task heads: the heads must stay trainable")
+        save_file(state, str(folder / WEIGHTS_FILE))
+        meta["peft"] = {"base_fingerprint": frozen_fingerprint(model.encoder), "peft_version": peft.__version__}
+    else:
+        save_model(model, str(folder / WEIGHTS_FILE))
     model.encoder.config.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-    write_json(folder / META_FILE, {
-        "polytask_version": __version__,
-        "config": config.to_dict(),
-        "tasks": {name: t.spec() for name, t in tasks.items()},
-    })
+    write_json(folder / META_FILE, meta)
+
+
+def load_weights(model: MultiTaskModel, path: Path, config: Config) -> None:
+    """Load a checkpoint's weights file into ``model`` (built from the same config). A PEFT file must hold every
+    trainable parameter — the adapters and every head — and nothing else."""
+    if not config.model.peft.enabled:
+        load_model(model, str(path))
+        return
+    state = load_file(str(path))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(trainable - set(state)), sorted(set(state) - trainable)
+    if missing:
+        heads = sorted({k.split(".")[1] for k in missing if k.startswith("heads.")})
+        what = f"the head(s) of {', '.join(heads)}" if heads else f"adapter weights such as {missing[0]}"
+        raise UserError(f"{path} lacks {what} ({len(missing)} trained tensor(s) missing): loading it would leave "
+                        "them randomly initialised; the checkpoint is incomplete")
+    if unexpected:
+        raise UserError(f"{path} holds weights this model does not have ({unexpected[0]}, ...): it was written "
+                        "for other PEFT settings")
+    model.load_state_dict(state, strict=False)
 
 
 def save_checkpoint(folder: str | Path, model: MultiTaskModel, tokenizer, config: Config,
@@ -116,11 +146,28 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     for name, spec in meta["tasks"].items():
         tasks[name].load_spec(spec)
     tokenizer = load_tokenizer(folder)
-    encoder = load_encoder(folder, from_config_only=True)
-    model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
-    missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False, device=str(device))
-    if missing or unexpected:
-        raise UserError(f"{folder / WEIGHTS_FILE} does not match the model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
+    if config.model.peft.enabled:  # the frozen encoder from where it was trained from, then the adapters + heads
+        model = _load_peft(folder, meta, config, tasks)
+    else:
+        encoder = load_encoder(folder, from_config_only=True)
+        model = build_model(encoder, tasks, config.model)
+        missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False, device=str(device))
+        if missing or unexpected:
+            raise UserError(f"{folder / WEIGHTS_FILE} does not match the model: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
     model.to(device).eval()
     return config, tasks, tokenizer, model
+
+
+def _load_peft(folder: Path, meta: dict[str, Any], config: Config, tasks: dict[str, TaskType]) -> MultiTaskModel:
+    from polytask.catalog.encoders import resolve_encoder
+    from polytask.model.adapters import frozen_fingerprint
+
+    model = build_model(load_encoder(resolve_encoder(config.model.encoder)), tasks, config.model)
+    want = meta.get("peft", {}).get("base_fingerprint")
+    if want != frozen_fingerprint(model.encoder):
+        raise UserError(f"{folder}: its adapters were trained on another copy of the encoder "
+                        f"'{config.model.encoder}' than the one found here (the frozen weights differ); load it where "
+                        "that encoder is, or export a merged checkpoint there (polytask export RUN --merge)")
+    load_weights(model, folder / WEIGHTS_FILE, config)
+    return model

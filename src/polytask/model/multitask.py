@@ -29,9 +29,11 @@ class MultiTaskModel(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, tasks: dict[str, TaskType], pooling: str = "mean",
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, adapters: dict[str, str] | None = None):
         super().__init__()
         self.encoder = encoder
+        # per-task PEFT adapters (task -> adapter name): tasks of one batch run one encoder pass per adapter
+        self.adapters = adapters
         self.pooling = pooling
         self.levels = {name: t.level for name, t in tasks.items()}
         hidden = encoder.config.hidden_size
@@ -68,8 +70,19 @@ class MultiTaskModel(nn.Module):
                   inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One batch through the encoder and the requested heads (what ``forward`` does per segment)."""
         kwargs = self.encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
-        hidden = self.encoder(**kwargs).last_hidden_state  # [B, T, H]
-        return self.heads_from_hidden(hidden, attention_mask, tasks)
+        if self.adapters is None:
+            hidden = self.encoder(**kwargs).last_hidden_state  # [B, T, H]
+            return self.heads_from_hidden(hidden, attention_mask, tasks)
+        from polytask.model.adapters import activate
+
+        groups: dict[str, list[str]] = {}
+        for name in (list(self.heads) if tasks is None else tasks):
+            groups.setdefault(self.adapters[name], []).append(name)
+        out = {}
+        for adapter, names in groups.items():  # one pass per adapter over the same inputs
+            activate(self.encoder, adapter)
+            out.update(self.heads_from_hidden(self.encoder(**kwargs).last_hidden_state, attention_mask, names))
+        return out
 
     def encoder_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                        token_type_ids: torch.Tensor | None = None,
@@ -117,3 +130,16 @@ class MultiTaskModel(nn.Module):
 
     def head_parameters(self, task: str) -> list[nn.Parameter]:
         return list(self.heads[task].parameters())
+
+
+def build_model(encoder: nn.Module, tasks: dict[str, TaskType], model_cfg) -> MultiTaskModel:
+    """The multi-task model of a ``model:`` config section over ``encoder``: wrapped by its PEFT adapter(s) first
+    when ``model.peft`` is set (``polytask.model.adapters``)."""
+    adapters = None
+    if model_cfg.peft.enabled:
+        from polytask.model.adapters import adapter_names, wrap_encoder
+
+        encoder = wrap_encoder(encoder, model_cfg.peft, tasks)
+        if model_cfg.peft.sharing == "per_task":
+            adapters = adapter_names(model_cfg.peft, tasks)
+    return MultiTaskModel(encoder, tasks, pooling=model_cfg.pooling, dropout=model_cfg.dropout, adapters=adapters)

@@ -7,10 +7,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_model
-
 from polytask.errors import UserError
-from polytask.model.io import WEIGHTS_FILE, fill_model_folder, read_meta, recover, write_atomically, write_json
+from polytask.model.io import (
+    WEIGHTS_FILE,
+    fill_model_folder,
+    load_weights,
+    read_meta,
+    recover,
+    write_atomically,
+    write_json,
+)
 from polytask.train import state as st
 from polytask.train.early_stopping import EarlyStopping
 
@@ -120,7 +126,7 @@ def load_last(folder: Path, run, early: EarlyStopping, rank: int, world_size: in
     if run.mutual is not None:
         run.mutual.load(sd, run.model)
     else:
-        load_model(run.model, str(folder / WEIGHTS_FILE))
+        load_weights(run.model, folder / WEIGHTS_FILE, run.config)
     st.optimizer_from_files(run.optimizer, sd)
     run.scheduler.load_state_dict(json.loads((sd / "scheduler.json").read_text()))
     # the saved state carries the old learning rates; the config's win (resume after a NaN with a lower lr)

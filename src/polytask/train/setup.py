@@ -23,8 +23,9 @@ from polytask.distill.base import Distiller, add_distill_data, distill_sources
 from polytask.distill.student import build_student
 from polytask.distill.teacher import Teachers
 from polytask.errors import UserError
+from polytask.model.adapters import describe as describe_parameters
 from polytask.model.encoder import apply_freeze, load_encoder, load_tokenizer
-from polytask.model.multitask import MultiTaskModel
+from polytask.model.multitask import MultiTaskModel, build_model
 from polytask.mutual import Mutual, PeerModel
 from polytask.tasks import TaskType, build_task
 from polytask.train.optim import build_optimizer, build_scheduler
@@ -87,7 +88,7 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     else:
         encoder = load_encoder(encoder_dir)
     apply_freeze(encoder, config.model.freeze)
-    model = MultiTaskModel(encoder, tasks, pooling=config.model.pooling, dropout=config.model.dropout)
+    model = build_model(encoder, tasks, config.model)
     mutual = None
     if tc.mutual.enabled:  # more peers: the same pretrained encoder, their own heads (drawn one after another)
         peers = [model] + [MultiTaskModel(_fresh_encoder(encoder_dir, config), tasks, pooling=config.model.pooling,
@@ -96,7 +97,8 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         mutual = Mutual(tc.mutual, tasks)
     sources = {s.name: s for s in build_sources(config, data) + distill_sources(data)}
     if rank == 0:
-        lines = describe(list(sources.values())) + (distiller.describe(model, data) if distiller else []) + (
+        lines = [describe_parameters(model if mutual is None else model.peers[0], config.model.peft)] + describe(
+            list(sources.values())) + (distiller.describe(model, data) if distiller else []) + (
             mutual.describe() if mutual else [])
         for line in lines:
             print(f"polytask: {line}", file=sys.stderr, flush=True)
