@@ -239,3 +239,29 @@ def test_a_plain_config_keeps_its_old_shape(toy_config, build_config):
     assert saved == {"method": "lora", "sharing": "shared", "r": 4, "alpha": 16.0, "dropout": 0.1,
                      "target_modules": None}
     assert yaml.safe_dump(saved) and build_config({**d, "model": {**d["model"], "peft": saved}}).model.peft.r == 4
+
+
+def test_peft_runs_with_adversarial_training_and_bf16(toy_config, build_config):
+    d = peft_data(toy_config, "prefix", kinds=("classification", "token"), adversarial={"method": "fgm"})
+    assert polytask.train(build_config(d)).global_step > 0
+    d = peft_data(toy_config, "lora", "per_task", kinds=("classification", "token"), precision="bf16")
+    d["train"]["output_dir"] += "-bf16"
+    result = polytask.train(build_config(d))
+    # (the trained model's forward still runs under the run's bf16 autocast, so compare weights, not logits)
+    loaded = dict(polytask.load(result.output_dir / "last").model.named_parameters())
+    trained = {n: p for n, p in result.model.named_parameters() if p.requires_grad}
+    assert trained and all(torch.equal(p, loaded[n]) for n, p in trained.items())
+
+
+def test_a_lora_teacher_distils_into_a_plain_student(toy_config, build_config, tmp_path):
+    from polytask.distill.runner import distill
+
+    teacher = polytask.train(build_config(peft_data(toy_config, "lora", kinds=("classification", "token")))).output_dir
+    d = toy_config(["classification", "token"], n_train=16, n_eval=8, train={"epochs": 1})
+    d["train"]["output_dir"] = str(tmp_path / "student")
+    d["train"]["distill"] = {"teacher": str(teacher), "student": {"layers": 1}}
+    summary = distill(build_config(d), baseline=False, inference_samples=8).summary
+    assert set(summary["tasks"]) == {"classification", "token"}
+    student = polytask.load(tmp_path / "student" / "best")
+    assert not hasattr(student.model.encoder, "peft_config")  # the adapter was folded in, then layers dropped
+    assert student.model.encoder.config.num_hidden_layers == 1

@@ -9,7 +9,8 @@ import torch.nn as nn
 from polytask.catalog.encoders import resolve_encoder
 from polytask.config import StudentConfig
 from polytask.distill.teacher import Teachers
-from polytask.errors import UserError
+from polytask.errors import NotSupportedError, UserError
+from polytask.model.adapters import is_peft
 from polytask.model.encoder import encoder_layers, load_encoder, load_tokenizer
 
 
@@ -56,6 +57,13 @@ def build_student(cfg: StudentConfig, teachers: Teachers):
     else:
         first = teachers.runs[0]
         encoder, tokenizer = copy.deepcopy(first.model.encoder), first.tokenizer
+        if is_peft(encoder):  # a LoRA / IA3 teacher: its adapter folded into the student's plain encoder
+            pc = first.config.model.peft
+            if pc.method == "prefix" or pc.sharing == "per_task":
+                raise NotSupportedError(f"train.distill.student: the teacher {first.folder} was trained with "
+                                        f"{pc.method} ({pc.sharing}), which cannot be folded into one plain encoder; "
+                                        "give train.distill.student.encoder")
+            encoder = encoder.merge_and_unload()
         encoder.requires_grad_(True)
     if cfg.layers is not None:
         keep_layers(encoder, layer_choice(cfg.layers, len(encoder_layers(encoder))))
