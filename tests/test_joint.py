@@ -82,6 +82,7 @@ def encoder_rows(monkeypatch) -> list[list[int]]:
     import importlib
 
     setup = importlib.import_module("polytask.train.setup")  # (polytask.train is also the train() function)
+    multitask = importlib.import_module("polytask.model.multitask")  # build_model's MultiTaskModel
     real = setup.MultiTaskModel
     counts: list[list[int]] = []
 
@@ -91,6 +92,7 @@ def encoder_rows(monkeypatch) -> list[list[int]]:
         return m
 
     monkeypatch.setattr(setup, "MultiTaskModel", spying)
+    monkeypatch.setattr(multitask, "MultiTaskModel", spying)
     return counts
 
 

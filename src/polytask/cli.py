@@ -55,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inputs timed for the teacher/student speed comparison (0 to skip)")
     ds.set_defaults(func=cmd_distill)
 
+    for name, what in (("add-task", "add a task to a trained model and train it, protecting the old tasks"),
+                       ("update", "train one task of a trained model on new data, protecting the other tasks")):
+        c = sub.add_parser(name, help=what + "; reports forgetting")
+        c.add_argument("run", help="the trained run (its best/ checkpoint) or a checkpoint folder; never modified")
+        if name == "add-task":
+            c.add_argument("task_file", help="YAML with tasks: {NEW_TASK: ...} and optionally train: {...}")
+        else:
+            c.add_argument("--task", required=True, help="the task to train on new data")
+            c.add_argument("--data", required=True, help="its new training file (.jsonl .csv .tsv .parquet)")
+        c.add_argument("--method", choices=["none", "replay", "ewc", "l2sp", "freeze"], default=None,
+                       help="how the old tasks are protected (default: train.continual.method, else none)")
+        c.add_argument("--output", default=None, help="the new run's folder (default: train.output_dir)")
+        c.add_argument("--max-forgetting", type=float, default=None, metavar="POINTS",
+                       help="refuse the new model as best/ if an old task drops by more than this many points")
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config entry, e.g. --set train.continual.replay_ratio=0.3 (repeatable)")
+        c.add_argument("--resume", action="store_true", help="continue the new run from its last/")
+        c.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
+        c.set_defaults(func=cmd_continual)
+
     e = sub.add_parser("evaluate", help="per-task metrics of a trained model on a split")
     e.add_argument("run", help="run folder (its best/ checkpoint is used) or checkpoint folder")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -163,6 +183,20 @@ def cmd_distill(args) -> int:
     if result.summary:
         print(markdown(result.summary))
         print(f"report: {result.output_dir / 'distill.md'}")
+    return 0
+
+
+def cmd_continual(args) -> int:
+    from polytask.continual.runner import add_task, markdown, update
+
+    common = dict(overrides=args.overrides, output=args.output, method=args.method,
+                  max_forgetting=args.max_forgetting, resume=args.resume, overwrite=args.overwrite)
+    if args.command == "add-task":
+        result = add_task(args.run, args.task_file, **common)
+    else:
+        result = update(args.run, args.task, args.data, **common)
+    print(markdown(result.report))
+    print(f"report: {result.output_dir / 'forgetting.md'}")
     return 0
 
 

@@ -353,6 +353,60 @@ class MutualConfig:
         return self.peers > 1
 
 
+CONTINUAL_METHODS = ("none", "replay", "ewc", "l2sp", "freeze")
+
+
+@dataclass
+class ContinualConfig:
+    """``train.continual:`` — training on from a trained run while protecting what it learnt (``polytask add-task``
+    and ``polytask update`` fill it in). ``base``: the checkpoint the run starts from (never modified);
+    ``old_tasks``: its tasks to protect (they are not retrained from their own data). ``method``: ``none`` (the new
+    data alone), ``replay`` (a seeded sample of the old tasks' training rows mixed in: ``replay_ratio`` of the
+    training rows are old ones), ``ewc`` (elastic weight consolidation: a pull toward the starting encoder weighted
+    by the diagonal Fisher information of the old tasks, from ``fisher_batches`` batches of each), ``l2sp`` (an
+    unweighted pull toward the starting encoder), ``freeze`` (the encoder and the old heads frozen: only what is
+    new trains). ``strength``: the pull's λ in λ/2 Σ F (θ − θ*)² (null: 1000 for ewc, 0.01 for l2sp)."""
+
+    method: Literal["none", "replay", "ewc", "l2sp", "freeze"] = "none"
+    base: str | None = None
+    old_tasks: list[str] | None = None
+    replay_ratio: float = 0.2
+    strength: float | None = None
+    fisher_batches: int = 16
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> ContinualConfig:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise UserError(f"config key '{path}' must be a mapping like {{method: replay}}, got {data!r}")
+        data = dict(data)
+        old = data.pop("old_tasks", None)
+        if old is not None and (not isinstance(old, list) or not all(isinstance(t, str) for t in old)):
+            _bad(f"{path}.old_tasks", old, "a list of task names")
+        out = _build(cls, data, path)
+        out.old_tasks = old
+        if not 0.0 <= out.replay_ratio < 1.0:
+            _bad(f"{path}.replay_ratio", out.replay_ratio, "a number in [0, 1): the share of old rows in training")
+        if out.strength is not None and out.strength < 0:
+            _bad(f"{path}.strength", out.strength, "null (the method's default) or a number >= 0")
+        if out.fisher_batches < 1:
+            _bad(f"{path}.fisher_batches", out.fisher_batches, "an integer >= 1")
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return self.base is not None
+
+    @property
+    def pull(self) -> float:
+        """λ of the pull toward the starting weights (ewc, l2sp)."""
+        return self.strength if self.strength is not None else {"ewc": 1000.0, "l2sp": 0.01}.get(self.method, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class TrainConfig:
     """``train:`` section — optimisation, sampling, validation and checkpointing."""
@@ -386,6 +440,7 @@ class TrainConfig:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     mutual: MutualConfig = field(default_factory=MutualConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
     tensorboard: bool = True
     progress: bool = True  # progress bars
 
@@ -508,7 +563,24 @@ class Config:
             _bad("train.adversarial.tasks", adv.tasks, "null (every task) or a non-empty list of task names")
         self._validate_distill()
         self._validate_mutual()
+        self._validate_continual()
         return self
+
+    def _validate_continual(self) -> None:
+        c = self.train.continual
+        if not c.enabled:
+            if c.method != "none" or c.old_tasks:
+                raise UserError("config key 'train.continual' needs a base run: use polytask add-task or polytask "
+                                "update (or set train.continual.base to a checkpoint)")
+            return
+        unknown = [t for t in c.old_tasks or [] if t not in self.tasks]
+        if unknown:
+            _bad("train.continual.old_tasks", c.old_tasks, "names of configured tasks (" + ", ".join(self.tasks) + ")")
+        if not [t for t in self.tasks if t not in (c.old_tasks or [])]:
+            _bad("train.continual.old_tasks", c.old_tasks, "not every task: at least one task trains on its data")
+        for other, on in (("train.distill", self.train.distill.enabled), ("train.mutual", self.train.mutual.enabled)):
+            if on:
+                raise NotSupportedError(f"train.continual with {other} is not supported; remove one of them")
 
     def _validate_peft(self) -> None:
         pc = self.model.peft
@@ -607,6 +679,8 @@ class Config:
             del d["train"]["distill"]  # off: configs (and saved checkpoints) read as before distillation existed
         if not self.train.mutual.enabled:
             del d["train"]["mutual"]
+        if not self.train.continual.enabled:
+            del d["train"]["continual"]  # off: configs (and saved checkpoints) read as before continual learning
         return d
 
     @classmethod

@@ -147,10 +147,11 @@ class TaskData:
 
 
 def prepare_task_data(tasks: dict[str, TaskType], tokenizer, max_length: int, splits=SPLITS,
-                      fit_labels: bool = True, extra_labels: dict[str, list[str]] | None = None
-                      ) -> dict[str, TaskData]:
+                      fit_labels: bool = True, extra_labels: dict[str, list[str]] | None = None,
+                      label_order: dict[str, list[str]] | None = None) -> dict[str, TaskData]:
     """Read and tokenise every split of every task; fit label vocabularies on the training split (plus
-    ``extra_labels[task]``: a distillation teacher's labels, which a sample of the data may lack)."""
+    ``extra_labels[task]``: a distillation teacher's labels, which a sample of the data may lack); ``label_order
+    [task]``: labels that keep the first ids, in that order (a checkpoint trained on), new ones after them."""
     out = {}
     keys = [source_key(t.cfg) for t in tasks.values()]
     for name, task in tasks.items():
@@ -165,6 +166,8 @@ def prepare_task_data(tasks: dict[str, TaskType], tokenizer, max_length: int, sp
                 continue
             if split == "train" and fit_labels:
                 task.fit_labels(examples, (known_labels(task) or []) + (extra_labels or {}).get(name, []))
+                if label_order and name in label_order:
+                    task.order_labels(label_order[name])
             data.examples[split] = examples
             data.features[split] = task.encode(examples, tokenizer, max_length)
         out[name] = data

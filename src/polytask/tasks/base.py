@@ -85,6 +85,11 @@ class TaskType:
             seen.update(self.raw_labels(ex.label))
         self.set_labels(sorted(seen))
 
+    def order_labels(self, first: list[str]) -> None:
+        """Put the labels ``first`` (in that order) before the others: a model trained on from a checkpoint keeps
+        its old label ids and appends labels it has not seen (its head grows)."""
+        self.set_labels(list(first) + [label for label in self.labels if label not in set(first)])
+
     def raw_labels(self, label: Any) -> list[str]:
         """The label strings one example carries (for vocabulary building)."""
         return [label]

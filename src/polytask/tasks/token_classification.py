@@ -140,6 +140,10 @@ class TokenClassification(TaskType):
             self.set_labels(["O"] + [t for t in self.labels if t != "O"])
         self.choose_metric()  # span F1 or token accuracy, from the fitted tag set
 
+    def order_labels(self, first: list[str]) -> None:
+        super().order_labels(first)
+        self.choose_metric()
+
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "units": self.units}
 

@@ -122,6 +122,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
             run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
             if run.distiller is not None:
                 run.distiller.end_step(lambda t: all_reduce_mean(accelerator, t))
+            if run.continual is not None and run.continual.active:  # ewc / l2sp: the pull toward the start
+                run.continual.add_gradient(accelerator.unwrap_model(model))
+                running["continual_pull"].append(run.continual.last_penalty)
             if tc.grad_clip is not None:
                 norm = clip_gradients(accelerator, model, run, tc.grad_clip)
                 check_finite(accelerator, run, window, {}, state.global_step, norm, on_stop=(logger.close, bar.close))

@@ -15,7 +15,8 @@ import torch
 from polytask.adversarial import ADVERSARIAL, Adversarial
 from polytask.catalog.encoders import resolve_encoder
 from polytask.config import Config
-from polytask.data.features import TaskData, prepare_task_data
+from polytask.continual import Continual, replay_rows, start_from_base
+from polytask.data.features import TaskData, prepare_task_data, source_key
 from polytask.data.joint import Source, build_sources, collate_source, describe
 from polytask.data.readers import require_file
 from polytask.data.sampling import MultiTaskBatchPlan
@@ -52,6 +53,7 @@ class Run:
     epochs: int  # epochs to run (derived from max_steps when set)
     total_steps: int  # optimizer steps in the whole run
     steps_per_epoch: int
+    continual: Any = None  # polytask.continual.Continual, or None without train.continual
 
     @property
     def pad_id(self) -> int:
@@ -76,8 +78,10 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         encoder_dir = resolve_encoder(config.model.encoder)
         tokenizer = load_tokenizer(encoder_dir)
     tasks = {name: build_task(name, t) for name, t in config.tasks.items()}
+    base = load_base(tc.continual) if tc.continual.enabled else None  # (tasks, model) of the run trained on from
     data = prepare_task_data(tasks, tokenizer, config.model.max_length, splits=("train", "validation"),
-                             extra_labels=teachers.labels() if teachers is not None else None)
+                             extra_labels=teachers.labels() if teachers is not None else None,
+                             label_order={t: b.labels for t, b in base[0].items() if t in tasks} if base else None)
     for name, t in config.tasks.items():  # test data is read by `evaluate`; a wrong path should fail now
         if t.test:
             require_file(t.test, key=f"tasks.{name}.test")
@@ -89,17 +93,20 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         encoder = load_encoder(encoder_dir)
     apply_freeze(encoder, config.model.freeze)
     model = build_model(encoder, tasks, config.model)
+    continual, notes, trained = None, [], data
+    if base is not None:  # start from the base run; protect its old tasks as train.continual.method says
+        continual, notes, trained = continue_from(config, base, model, tasks, data, tokenizer.pad_token_id or 0)
     mutual = None
     if tc.mutual.enabled:  # more peers: the same pretrained encoder, their own heads (drawn one after another)
         peers = [model] + [MultiTaskModel(_fresh_encoder(encoder_dir, config), tasks, pooling=config.model.pooling,
                                           dropout=config.model.dropout) for _ in range(tc.mutual.peers - 1)]
         model = PeerModel(peers)
         mutual = Mutual(tc.mutual, tasks)
-    sources = {s.name: s for s in build_sources(config, data) + distill_sources(data)}
+    sources = {s.name: s for s in build_sources(config, trained) + distill_sources(data)}
     if rank == 0:
         lines = [describe_parameters(model if mutual is None else model.peers[0], config.model.peft)] + describe(
             list(sources.values())) + (distiller.describe(model, data) if distiller else []) + (
-            mutual.describe() if mutual else [])
+            mutual.describe() if mutual else []) + (continual.describe() + notes if continual else [])
         for line in lines:
             print(f"polytask: {line}", file=sys.stderr, flush=True)
     method = WEIGHTINGS.get(tc.weighting.method)
@@ -132,7 +139,44 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
     return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
-               distiller, mutual, epochs, total_steps, steps_per_epoch)
+               distiller, mutual, epochs, total_steps, steps_per_epoch, continual)
+
+
+def load_base(cfg) -> tuple[dict[str, TaskType], MultiTaskModel]:
+    """The tasks and model of ``train.continual.base`` (read, never written)."""
+    from polytask.distill.teacher import checkpoint_folder
+    from polytask.model.io import load_checkpoint
+
+    _, tasks, _, model = load_checkpoint(checkpoint_folder(cfg.base, "train.continual.base"))
+    return tasks, model
+
+
+def continue_from(config: Config, base, model: MultiTaskModel, tasks: dict[str, TaskType],
+                  data: dict[str, TaskData], pad_id: int) -> tuple[Continual, list[str], dict[str, TaskData]]:
+    """Start ``model`` from the base run and set up the protection of its old tasks: their replayed rows, or their
+    absence from the training batches; frozen parameters under ``freeze``. Returns the continual objective, notes
+    for the log, and the tasks whose rows train."""
+    cc = config.train.continual
+    old = list(cc.old_tasks or [])
+    new = [t for t in tasks if t not in old]
+    notes = start_from_base(model, base[1], base[0], tasks)
+    continual = Continual(cc, old)
+    # the starting weights and (ewc) the old tasks' Fisher information from all their training rows, taken now —
+    # before --resume loads later weights — on the CPU in eval mode (no dropout, no random draws): the same at
+    # every (re)start
+    continual.prepare(model, data, tasks, pad_id, config.train.batch_size, torch.device("cpu"))
+    if cc.method == "replay" and cc.replay_ratio > 0:
+        kept = replay_rows(data, old, new, cc.replay_ratio, config.train.seed,
+                           {t: str(source_key(config.tasks[t]) or t) for t in old})
+        notes.append("replayed rows: " + ", ".join(f"{t} {n}" for t, n in kept.items()))
+    trained = {t: d for t, d in data.items() if t in new or (cc.method == "replay" and d.features["train"])}
+    if cc.method == "freeze":  # only what is new trains: its head (and, with per-task adapters, its adapter)
+        own = [f".{t}." for t in new] if config.model.peft.enabled and config.model.peft.sharing == "per_task" else []
+        for n, p in model.encoder.named_parameters():
+            p.requires_grad_(any(k in n for k in own))
+        for t in old:
+            model.heads[t].requires_grad_(False)
+    return continual, notes, trained
 
 
 def _fresh_encoder(encoder_dir, config: Config):
