@@ -56,6 +56,9 @@ def main() -> None:
     p.add_argument("--sharing-weight", type=float, default=1.0, help="the mutual side's sharing weight (1)")
     p.add_argument("--sync-every", type=int, default=1, help="the mutual side's sync_every (1)")
     p.add_argument("--single", action="store_true", help="also time one plain (single-model) run per seed")
+    p.add_argument("--sides", default="mutual,independent",
+                   help="which sides to train and score (default both; one side lets two processes share a seed's "
+                        "runs; the table needs both)")
     args = p.parse_args()
     setup_threads(args.threads)
     import polytask
@@ -68,7 +71,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {"mutual": [], "independent": []}
     times: dict[str, list[float]] = {"mutual": [], "independent": [], "single": []}
     for seed in seeds:
-        sides = {"mutual": args.sharing_weight, "independent": 0.0}
+        sides = {k: v for k, v in {"mutual": args.sharing_weight, "independent": 0.0}.items()
+                 if k in args.sides.split(",")}
         for side, weight in sides.items():
             run = out / f"seed{seed}" / side
             if not finished(run) or args.quick:
@@ -89,6 +93,9 @@ def main() -> None:
                                           out / f"seed{seed}" / "single"), overwrite=True)
             times["single"].append(time.perf_counter() - start)
 
+    if not all(results.values()):
+        print("one side only: no table (run again with both sides to print it from the finished runs)")
+        return
     metrics = results["mutual"][0]["metrics"]
     print(f"\ntest split, {len(seeds)} seed(s), mean ± std over seeds\n")
     print("| task | metric | independent, best peer | mutual, best peer | independent, ensemble | mutual, ensemble |"

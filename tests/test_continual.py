@@ -221,3 +221,18 @@ def test_bad_continual_input_is_refused_and_writes_nothing(base, tmp_path, capsy
         assert message in capsys.readouterr().err
     assert not any((tmp_path / x).exists() for x in "abcd")
     assert digest(root / "base") == before
+
+
+def test_the_shipped_task_file_adds_a_task_to_the_atis_example(tmp_path):
+    """examples/tasks/*.yaml merge into the example they name into a valid config (nothing is trained)."""
+    from polytask.config import load_config, read_yaml
+
+    root = Path(__file__).resolve().parents[1]
+    base = read_yaml(root / "examples" / "atis.yaml")
+    extra = read_yaml(root / "examples" / "tasks" / "atis-add-topic.yaml")
+    assert set(extra) <= {"tasks", "train"} and not set(extra["tasks"]) & set(base["tasks"])
+    base["tasks"].update(extra["tasks"])
+    base["train"].update(extra["train"])
+    base["train"]["continual"] = {**extra["train"]["continual"], "base": str(tmp_path), "old_tasks": ["intent", "slots"]}
+    cfg = load_config(data=base)
+    assert cfg.train.continual.method == "replay" and list(cfg.tasks) == ["intent", "slots", "topic"]
