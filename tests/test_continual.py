@@ -236,3 +236,28 @@ def test_the_shipped_task_file_adds_a_task_to_the_atis_example(tmp_path):
     base["train"]["continual"] = {**extra["train"]["continual"], "base": str(tmp_path), "old_tasks": ["intent", "slots"]}
     cfg = load_config(data=base)
     assert cfg.train.continual.method == "replay" and list(cfg.tasks) == ["intent", "slots", "topic"]
+
+
+def test_add_task_to_a_per_task_lora_run_trains_only_the_new_adapter_under_freeze(tiny_encoder, tmp_path):
+    tasks = {}
+    for kind in ("classification", "regression"):
+        files = {split: str(write_jsonl(tmp_path / "data" / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
+                 for split, n, seed in (("train", 16, 0), ("validation", 8, 1), ("test", 8, 2))}
+        tasks[kind] = {**TASK_SPECS[kind], **files}
+    data = {"model": {"encoder": str(tiny_encoder), "max_length": 32,
+                      "peft": {"method": "lora", "r": 4, "sharing": "per_task"}},
+            "tasks": {"classification": tasks["classification"]},
+            "train": {"output_dir": str(tmp_path / "base"), "epochs": 1, "batch_size": 8, "lr": 1e-3,
+                      "tensorboard": False, "progress": False, "precision": "fp32"}}
+    polytask.train(polytask.load_config(data=data))
+    task_file = tmp_path / "add.yaml"
+    task_file.write_text(yaml.safe_dump({"tasks": {"regression": tasks["regression"]}}), encoding="utf-8")
+    add_task(tmp_path / "base", task_file, output=str(tmp_path / "added"), method="freeze")
+    old, new = polytask.load(tmp_path / "base"), polytask.load(tmp_path / "added" / "best")
+    assert set(new.model.encoder.peft_config) == {"classification", "regression"}
+    old_state, new_state = old.model.state_dict(), new.model.state_dict()
+    for k, v in new_state.items():
+        if ".regression." in k and "lora_B" in k:
+            assert v.abs().sum() > 0, k  # the new adapter trained (LoRA's B starts at zero)
+        elif k in old_state:
+            assert torch.equal(v, old_state[k]), k  # the old adapter, the encoder and the old head did not

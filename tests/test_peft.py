@@ -121,13 +121,15 @@ def test_a_checkpoint_missing_a_head_is_refused_not_loaded_half_random(toy_confi
         polytask.load(out / "best")
     assert main(["evaluate", str(out), "--split", "test"]) == 2
     assert "lacks the head(s) of token" in capsys.readouterr().err
-    # writing one is refused too: a model whose heads were frozen by mistake is never saved as a PEFT checkpoint
-    from polytask.model.io import fill_model_folder
+    # and none is written: heads and adapters are saved whether or not they train (frozen here, as under
+    # continual.method: freeze), so a head can never be left out
+    from polytask.model.io import save_checkpoint
 
     loaded = polytask.load(out / "last")
-    loaded.model.heads.requires_grad_(False)
-    with pytest.raises(RuntimeError, match="without its task heads"):
-        fill_model_folder(out / "unused", loaded.model, loaded.tokenizer, loaded.config, loaded.tasks)
+    loaded.model.requires_grad_(False)
+    save_checkpoint(out / "frozen", loaded.model, loaded.tokenizer, loaded.config, loaded.tasks)
+    again = polytask.load(out / "frozen")
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
 
 
 def test_adapters_refuse_another_base_encoder(toy_config, build_config, tiny_encoder, tmp_path):

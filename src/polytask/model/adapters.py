@@ -99,6 +99,8 @@ def wrap_encoder(encoder: nn.Module, cfg: PeftConfig, tasks: Iterable[str]) -> n
     for p in wrapped.parameters():
         p.requires_grad_(id(p) not in base)
     wrapped.polytask_base_fingerprint = fingerprint
+    # the frozen encoder's own weights, by their names inside the wrapper: what a checkpoint leaves out
+    wrapped.polytask_base_names = frozenset(n for n, p in wrapped.named_parameters() if id(p) in base)
     activate(wrapped, names[0])
     return wrapped
 
@@ -134,32 +136,43 @@ def weights_fingerprint(params: Iterable[torch.Tensor]) -> str:
 
 
 def frozen_fingerprint(encoder: nn.Module) -> str:
-    """The fingerprint of a wrapped encoder's frozen weights (what ``wrap_encoder`` recorded)."""
-    return getattr(encoder, "polytask_base_fingerprint", None) or weights_fingerprint(
-        p for p in encoder.parameters() if not p.requires_grad)
+    """The fingerprint of a wrapped encoder's own weights (what ``wrap_encoder`` recorded)."""
+    return encoder.polytask_base_fingerprint
+
+
+def adapter_names_in(model: nn.Module) -> list[str]:
+    """Names (in ``model``) of what a PEFT checkpoint holds: every head parameter and every encoder parameter the
+    adapters added — whether or not it trains in this run (``continual.method: freeze`` freezes old ones)."""
+    base = model.encoder.polytask_base_names
+    return [n for n, _ in model.named_parameters()
+            if n.startswith("heads.") or (n.startswith("encoder.") and n[len("encoder."):] not in base)]
 
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a PEFT checkpoint holds: every trainable parameter (the adapters and the heads)."""
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """What a PEFT checkpoint holds (``adapter_names_in``), as tensors."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().contiguous() for n in adapter_names_in(model)}
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Parameters of ``model`` (a MultiTaskModel): the encoder's, its trainable share, the heads'."""
-    enc = list(model.encoder.parameters())
-    return {"encoder": sum(p.numel() for p in enc),
-            "encoder_trainable": sum(p.numel() for p in enc if p.requires_grad),
+    enc = list(model.encoder.named_parameters())
+    base = getattr(model.encoder, "polytask_base_names", None)
+    return {"encoder": sum(p.numel() for _, p in enc),
+            "encoder_trainable": sum(p.numel() for _, p in enc if p.requires_grad),
+            "adapter": sum(p.numel() for n, p in enc if n not in base) if base is not None else 0,
             "heads": sum(p.numel() for p in model.heads.parameters())}
 
 
 def describe(model: nn.Module, cfg: PeftConfig) -> str:
     """One line for the start of training: what trains, and how big a checkpoint will be."""
     c = parameter_counts(model)
-    base = c["encoder"] - c["encoder_trainable"] if is_peft(model.encoder) else c["encoder"]
+    base = c["encoder"] - c["adapter"]
     share = 100 * c["encoder_trainable"] / max(base, 1)
     trained = c["encoder_trainable"] + c["heads"]
     if cfg.enabled:
-        size = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        params = dict(model.named_parameters())
+        size = sum(params[n].numel() * params[n].element_size() for n in adapter_names_in(model))
         what = f"peft {cfg.method} ({cfg.sharing}): "
         note = " (the frozen encoder is not copied into it)"
     else:
@@ -180,13 +193,13 @@ def model_summary(model: nn.Module, config, weights_file) -> dict:
     c = parameter_counts(model)
     pc = config.model.peft
     if pc.enabled:
-        base = c["encoder"] - c["encoder_trainable"]
+        base = c["encoder"] - c["adapter"]
         how = f"peft {pc.method} ({pc.sharing})"
     else:
         base = c["encoder"]
         how = "full fine-tuning" + (f" (model.freeze: {config.model.freeze})" if config.model.freeze != "none" else "")
-    return {"fine_tuning": how, "encoder_parameters": base,
-            "adapter_parameters": c["encoder_trainable"] if pc.enabled else 0, "head_parameters": c["heads"],
+    return {"fine_tuning": how, "encoder_parameters": base, "adapter_parameters": c["adapter"],
+            "head_parameters": c["heads"],
             "checkpoint_bytes": Path(weights_file).stat().st_size if Path(weights_file).is_file() else None}
 
 

@@ -87,10 +87,7 @@ def fill_model_folder(folder: Path, model: MultiTaskModel, tokenizer, config: Co
 
         from polytask.model.adapters import frozen_fingerprint, trained_state
 
-        state = trained_state(model)
-        if not any(k.startswith("heads.") for k in state):  # never write a checkpoint whose heads come back random
-            raise RuntimeError("a PEFT checkpoint without its task heads: the heads must stay trainable")
-        save_file(state, str(folder / WEIGHTS_FILE))
+        save_file(trained_state(model), str(folder / WEIGHTS_FILE))  # every head and adapter, trained or frozen
         meta["peft"] = {"base_fingerprint": frozen_fingerprint(model.encoder), "peft_version": peft.__version__}
     else:
         save_model(model, str(folder / WEIGHTS_FILE))
@@ -101,12 +98,14 @@ def fill_model_folder(folder: Path, model: MultiTaskModel, tokenizer, config: Co
 
 def load_weights(model: MultiTaskModel, path: Path, config: Config) -> None:
     """Load a checkpoint's weights file into ``model`` (built from the same config). A PEFT file must hold every
-    trainable parameter — the adapters and every head — and nothing else."""
+    adapter and head parameter and nothing else."""
     if not config.model.peft.enabled:
         load_model(model, str(path))
         return
+    from polytask.model.adapters import adapter_names_in
+
     state = load_file(str(path))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = set(adapter_names_in(model))
     missing, unexpected = sorted(trainable - set(state)), sorted(set(state) - trainable)
     if missing:
         heads = sorted({k.split(".")[1] for k in missing if k.startswith("heads.")})
