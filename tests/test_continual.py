@@ -233,7 +233,8 @@ def test_the_shipped_task_file_adds_a_task_to_the_atis_example(tmp_path):
     assert set(extra) <= {"tasks", "train"} and not set(extra["tasks"]) & set(base["tasks"])
     base["tasks"].update(extra["tasks"])
     base["train"].update(extra["train"])
-    base["train"]["continual"] = {**extra["train"]["continual"], "base": str(tmp_path), "old_tasks": ["intent", "slots"]}
+    base["train"]["continual"] = {**extra["train"]["continual"], "base": str(tmp_path),
+                                  "old_tasks": ["intent", "slots"]}
     cfg = load_config(data=base)
     assert cfg.train.continual.method == "replay" and list(cfg.tasks) == ["intent", "slots", "topic"]
 
