@@ -14,7 +14,7 @@ import yaml
 
 import polytask
 from polytask.cli import main
-from polytask.continual.runner import add_task
+from polytask.continual.runner import add_task, update
 from tests.conftest import TASK_SPECS, toy_rows, write_jsonl
 from tests.test_resume_ddp import final_eval
 
@@ -262,3 +262,19 @@ def test_add_task_to_a_per_task_lora_run_trains_only_the_new_adapter_under_freez
             assert v.abs().sum() > 0, k  # the new adapter trained (LoRA's B starts at zero)
         elif k in old_state:
             assert torch.equal(v, old_state[k]), k  # the old adapter, the encoder and the old head did not
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_update_with_each_method(method, base, tmp_path):
+    root, _ = base
+    new_data = write_jsonl(tmp_path / "fresh.jsonl", toy_rows("token", 16, 9))
+    result = update(root / "base", "token", new_data, output=str(tmp_path / "u"), method=method)
+    report = result.report
+    assert report["method"] == method and report["updated"] == "token"
+    assert [r["task"] for r in report["old_tasks"]] == ["classification"]
+    assert report["new_tasks"][0]["before"] is not None and report["new_tasks"][0]["after"] is not None
+    old, new = polytask.load(root / "base"), polytask.load(tmp_path / "u" / "last")
+    same_old_head = torch.equal(old.model.heads["classification"][-1].weight,
+                                new.model.heads["classification"][-1].weight)
+    assert same_old_head == (method != "replay")
+    assert (encoder_distance(old, new) == 0.0) == (method == "freeze")
