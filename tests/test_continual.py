@@ -125,8 +125,11 @@ def test_ewc_fisher_and_pull_gradient_are_the_formulas(base):
     with torch.no_grad():
         param.add_(0.01)
     model.zero_grad(set_to_none=True)
+    param.grad = torch.zeros_like(param)  # as if this step's tasks reached it (gradient 0)
     c.add_gradient(model)
     assert torch.allclose(param.grad, 3.0 * c.fisher[name] * 0.01, rtol=1e-4, atol=1e-12)
+    untouched = next(p for n, p in model.encoder.named_parameters() if n != name and p.requires_grad)
+    assert untouched.grad is None  # a parameter no task reached this step is not pulled (it does not move)
 
 
 def test_update_trains_one_task_on_new_data_and_grows_its_head(base, tmp_path, capsys):
@@ -278,3 +281,16 @@ def test_update_with_each_method(method, base, tmp_path):
                                 new.model.heads["classification"][-1].weight)
     assert same_old_head == (method != "replay")
     assert (encoder_distance(old, new) == 0.0) == (method == "freeze")
+
+
+def test_training_on_keeps_the_base_model_and_resume_keeps_the_method(base, tmp_path, capsys, monkeypatch):
+    root, task_file = base
+    argv = ["add-task", str(root / "base"), str(task_file), "--output", str(tmp_path / "a")]
+    assert main([*argv, "--set", "model.pooling=cls"]) == 2
+    assert "config key 'model.pooling' differs from the base run's" in capsys.readouterr().err
+    assert main([*argv, "--method", "freeze", "--set", "train.weighting.method=pcgrad", "--set",
+                 "train.sampling=all_tasks"]) == 2
+    assert "freeze with train.weighting.method: pcgrad is not supported" in capsys.readouterr().err
+    assert main([*argv, "--method", "ewc"]) == 0
+    assert main([*argv, "--method", "l2sp", "--resume"]) == 2
+    assert "train.continual" in capsys.readouterr().err

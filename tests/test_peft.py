@@ -50,7 +50,11 @@ def test_every_method_and_task_type_trains_saves_loads_and_predicts_identically(
     assert set(before) == set(KINDS)
     for name in before:
         assert torch.equal(before[name], after[name]), name  # bit-identical, like plain checkpoints
-    assert loaded.predict(TEXT) == polytask.load(result.output_dir / "last").predict(TEXT)
+    from polytask.predict import Predictor
+
+    trained = Predictor.from_loaded(result.output_dir / "last", loaded.config, loaded.tasks, loaded.tokenizer,
+                                    result.model)
+    assert loaded.predict(TEXT) == trained.predict(TEXT)  # the trained model itself answers the same
 
     # only the adapter(s) and the heads trained: the encoder's own weights are the pretrained ones
     pretrained = dict(load_encoder(tiny_encoder).named_parameters())
@@ -267,3 +271,27 @@ def test_a_lora_teacher_distils_into_a_plain_student(toy_config, build_config, t
     student = polytask.load(tmp_path / "student" / "best")
     assert not hasattr(student.model.encoder, "peft_config")  # the adapter was folded in, then layers dropped
     assert student.model.encoder.config.num_hidden_layers == 1
+
+
+def test_an_encoder_folder_without_pooler_weights_reloads(toy_config, build_config, tiny_encoder, tmp_path):
+    """transformers draws a missing pooler at random on every load; the fingerprint leaves it out."""
+    import shutil
+
+    from transformers import BertModel
+
+    folder = tmp_path / "no-pooler"
+    shutil.copytree(tiny_encoder, folder)
+    BertModel.from_pretrained(str(tiny_encoder), add_pooling_layer=False).save_pretrained(str(folder))
+    d = peft_data(toy_config, "lora", kinds=("classification",))
+    d["model"]["encoder"] = str(folder)
+    out = polytask.train(build_config(d)).output_dir
+    torch.manual_seed(123)  # another random pooler than at training time
+    loaded = polytask.load(out / "best")
+    assert loaded.predict(TEXT[:1])
+
+
+def test_prefix_tokens_that_overflow_the_positions_are_refused(toy_config, tmp_path, capsys):
+    d = toy_config(["classification"], n_train=16, n_eval=8, train={"epochs": 1})
+    d["model"].update(max_length=120, peft={"method": "prefix", "num_virtual_tokens": 20})  # 128 positions
+    assert main(["train", str(write_config(tmp_path, d, "long"))]) == 2
+    assert "exceed the encoder's 128 positions" in capsys.readouterr().err

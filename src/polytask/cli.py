@@ -195,8 +195,9 @@ def cmd_continual(args) -> int:
         result = add_task(args.run, args.task_file, **common)
     else:
         result = update(args.run, args.task, args.data, **common)
-    print(markdown(result.report))
-    print(f"report: {result.output_dir / 'forgetting.md'}")
+    if result.report:  # (the main process's)
+        print(markdown(result.report))
+        print(f"report: {result.output_dir / 'forgetting.md'}")
     return 0
 
 

@@ -581,6 +581,13 @@ class Config:
         for other, on in (("train.distill", self.train.distill.enabled), ("train.mutual", self.train.mutual.enabled)):
             if on:
                 raise NotSupportedError(f"train.continual with {other} is not supported; remove one of them")
+        from polytask.weighting import WEIGHTINGS
+
+        method = WEIGHTINGS.get(self.train.weighting.method)
+        if c.method == "freeze" and method.per_task_gradients:
+            raise NotSupportedError(f"train.continual.method: freeze with train.weighting.method: "
+                                    f"{self.train.weighting.method} is not supported (it needs trainable shared "
+                                    "parameters, and freeze leaves none); use static, uw, dwa, rlw or famo")
 
     def _validate_peft(self) -> None:
         pc = self.model.peft

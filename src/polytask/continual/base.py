@@ -116,19 +116,23 @@ class Continual:
                   f"(sum {total:.3g})", file=sys.stderr, flush=True)
 
     def add_gradient(self, model: nn.Module) -> None:
-        """Add λ F (θ − θ*) to each trainable encoder parameter's gradient (F = 1 for l2sp)."""
+        """Add λ F (θ − θ*) to the gradient of each trainable encoder parameter that has one this step (F = 1 for
+        l2sp)."""
         if not self.active:
             return
         lam, penalty = self.cfg.pull, 0.0
         with torch.no_grad():
             for n, p in self._params(model).items():
+                if p.grad is None:  # no task reached it this step (another task's adapter): it does not move
+                    continue
+                if self.anchor[n].device != p.device:  # taken on the CPU before the model went to its device
+                    self.anchor[n] = self.anchor[n].to(p.device)
+                    if self.fisher:
+                        self.fisher[n] = self.fisher[n].to(p.device)
                 diff = p - self.anchor[n]  # [same shape as p]
                 weighted = diff * self.fisher[n] if self.fisher else diff
                 penalty += float((weighted * diff).sum())
-                if p.grad is None:
-                    p.grad = lam * weighted
-                else:
-                    p.grad.add_(weighted, alpha=lam)
+                p.grad.add_(weighted, alpha=lam)
         self.last_penalty = 0.5 * lam * penalty
 
     def describe(self) -> list[str]:

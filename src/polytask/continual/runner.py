@@ -88,6 +88,8 @@ def add_task(run: str | Path, task_file: str | Path, overrides: list[str] = (), 
             for k in FILE_KEYS:
                 if isinstance(spec.get(k), str):
                     spec[k] = _absolute(spec[k], folder)
+    if not isinstance(extra.get("train") or {}, dict):
+        raise UserError(f"{task_file}: 'train' must be a mapping of training settings, got {extra['train']!r}")
     old = list(data["tasks"])
     data["tasks"].update(new)
     _merge(data["train"], extra.get("train") or {})
@@ -130,7 +132,8 @@ def _train_on(data: dict[str, Any], ckpt: Path, old: list[str], overrides, outpu
         raise UserError(f"--max-forgetting {max_forgetting}: give the largest drop allowed, in points (>= 0)")
     config = load_config(data=data)
     out = Path(config.train.output_dir)
-    train(config, resume=resume, overwrite=overwrite)
+    if not train(config, resume=resume, overwrite=overwrite).is_main_process:
+        return ContinualResult(out, {})  # under accelerate launch the main process scores and reports
     report = forgetting_report(ckpt, out, old, updated)
     write_json(out / "forgetting.json", report)
     (out / "forgetting.md").write_text(markdown(report), encoding="utf-8")

@@ -33,7 +33,7 @@ from polytask.data.readers import read_rows
 from polytask.distill.hidden import HiddenStates
 from polytask.distill.soft_targets import SoftTargets
 from polytask.distill.teacher import Teachers, check_tokenizers
-from polytask.errors import UserError
+from polytask.errors import NotSupportedError, UserError
 from polytask.evaluate.runner import autocast_context
 from polytask.tasks import TaskType
 
@@ -86,6 +86,10 @@ class Distiller:
         self.objective_fn = SoftTargets(d.alpha, d.temperature)
         self.temperature = d.temperature
         teachers.check(tasks)
+        per_task = [r.folder for r in teachers.runs if r.model.adapters is not None]
+        if per_task and self.mode == "fly":  # the fly path reads the encoder once per teacher, one adapter
+            raise NotSupportedError(f"train.distill.teacher_outputs: fly with a teacher trained with per-task "
+                                    f"adapters ({per_task[0]}) is not supported; use teacher_outputs: cache")
         self.shared = check_tokenizers(teachers, tokenizer, tasks, fly=self.mode == "fly")
         self.has_data = any(t.distill_data for t in config.tasks.values())
         self.active = d.alpha > 0 or self.has_data or d.hidden.weight > 0

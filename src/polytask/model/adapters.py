@@ -51,7 +51,7 @@ def adapter_names(cfg: PeftConfig, tasks: Iterable[str]) -> dict[str, str]:
     return {t: (t if cfg.sharing == "per_task" else SHARED) for t in tasks}
 
 
-def _peft_config(cfg: PeftConfig, encoder: nn.Module):
+def _peft_config(cfg: PeftConfig, encoder: nn.Module, max_length: int | None = None):
     import peft
 
     model_type = getattr(encoder.config, "model_type", "")
@@ -76,23 +76,30 @@ def _peft_config(cfg: PeftConfig, encoder: nn.Module):
         return peft.IA3Config(task_type="FEATURE_EXTRACTION", target_modules=list(targets),
                               feedforward_modules=list(ff or []))
     if cfg.method == "prefix":
+        positions = getattr(encoder.config, "max_position_embeddings", None)
+        if positions is not None and max_length is not None and max_length + cfg.num_virtual_tokens > positions:
+            raise UserError(f"config key 'model.peft.num_virtual_tokens': {cfg.num_virtual_tokens} prefix tokens + "
+                            f"model.max_length {max_length} exceed the encoder's {positions} positions (the "
+                            "prefix shifts every token's position); lower one of them")
         return peft.PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=cfg.num_virtual_tokens,
                                        prefix_projection=cfg.projection)
     raise NotSupportedError(f"config key 'model.peft.method': {cfg.method!r} is not supported")
 
 
-def wrap_encoder(encoder: nn.Module, cfg: PeftConfig, tasks: Iterable[str]) -> nn.Module:
+def wrap_encoder(encoder: nn.Module, cfg: PeftConfig, tasks: Iterable[str], max_length: int | None = None
+                 ) -> nn.Module:
     """``encoder`` wrapped by peft with one adapter (``shared``) or one per task; its own weights frozen, every
     adapter trainable. The frozen weights' fingerprint is kept on the result (``polytask_base_fingerprint``)."""
     import peft
 
     names = list(dict.fromkeys(adapter_names(cfg, tasks).values()))
     base = {id(p) for p in encoder.parameters()}
-    fingerprint = weights_fingerprint(encoder.parameters())
+    drawn = getattr(encoder, "polytask_initialised", frozenset())  # randomly initialised at load: not hashed
+    fingerprint = weights_fingerprint(p for n, p in encoder.named_parameters() if n not in drawn)
     try:
-        wrapped = peft.get_peft_model(encoder, _peft_config(cfg, encoder), adapter_name=names[0])
+        wrapped = peft.get_peft_model(encoder, _peft_config(cfg, encoder, max_length), adapter_name=names[0])
         for name in names[1:]:
-            wrapped.add_adapter(name, _peft_config(cfg, encoder))
+            wrapped.add_adapter(name, _peft_config(cfg, encoder, max_length))
     except ValueError as e:  # peft's own checks: a target module that does not exist, a layer it cannot adapt
         raise UserError(f"config key 'model.peft': {str(e).splitlines()[0]}") from None
     # peft leaves only the active adapter trainable; every adapter trains here (each on its own task's batches)
@@ -126,7 +133,9 @@ def activate(encoder: nn.Module, name: str) -> None:
 
 
 def weights_fingerprint(params: Iterable[torch.Tensor]) -> str:
-    """SHA-256 over the bytes of ``params`` in order: which frozen encoder an adapter was trained on."""
+    """SHA-256 over the bytes of ``params`` in order: which frozen encoder an adapter was trained on (the weights
+    read from its folder; ones drawn at random because the folder lacks them, such as a pooler no head reads, are
+    left out by the caller)."""
     h = hashlib.sha256()
     for p in params:
         t = p.detach().cpu().contiguous()

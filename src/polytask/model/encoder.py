@@ -29,7 +29,11 @@ def load_encoder(folder: str | Path, from_config_only: bool = False) -> nn.Modul
         hf_logging.set_verbosity_error()  # the "unused weights" notice for pooler-less folders is noise here
         hf_logging.disable_progress_bar()  # a bar for a 1-second load clutters the training output
         try:
-            return AutoModel.from_pretrained(str(folder), config=config, local_files_only=True)
+            model, info = AutoModel.from_pretrained(str(folder), config=config, local_files_only=True,
+                                                    output_loading_info=True)
+            # weights the folder does not hold (a pooler, say) were drawn at random: not part of what it is
+            model.polytask_initialised = frozenset(info.get("missing_keys", ()))
+            return model
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()

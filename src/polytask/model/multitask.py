@@ -139,7 +139,7 @@ def build_model(encoder: nn.Module, tasks: dict[str, TaskType], model_cfg) -> Mu
     if model_cfg.peft.enabled:
         from polytask.model.adapters import adapter_names, wrap_encoder
 
-        encoder = wrap_encoder(encoder, model_cfg.peft, tasks)
+        encoder = wrap_encoder(encoder, model_cfg.peft, tasks, model_cfg.max_length)
         if model_cfg.peft.sharing == "per_task":
             adapters = adapter_names(model_cfg.peft, tasks)
     return MultiTaskModel(encoder, tasks, pooling=model_cfg.pooling, dropout=model_cfg.dropout, adapters=adapters)

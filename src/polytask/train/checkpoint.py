@@ -47,15 +47,15 @@ def plan_signature(run) -> dict[str, Any]:
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
     """Resuming needs the same encoder and tasks — and the same model shape: the distilled student (its layers,
-    encoder, hidden-state projections) and the number of mutual-learning peers; training settings (e.g. more
-    epochs) may change."""
+    encoder, hidden-state projections), the number of mutual-learning peers, and the continual-learning settings
+    (base, old tasks, method: they decide what trains); training settings (e.g. more epochs) may change."""
     for section in ("model", "tasks"):
         if saved.get(section) != current.get(section):
             keys = sorted(set(saved.get(section, {})) | set(current.get(section, {})))
             diff = [k for k in keys if saved.get(section, {}).get(k) != current.get(section, {}).get(k)]
             raise UserError(f"cannot resume: config section '{section}' differs from the run in {folder} "
                             f"(at {', '.join(f'{section}.{k}' for k in diff)}); use the run's config or --overwrite")
-    for key in ("distill.student", "distill.hidden.weight", "distill.hidden.layers", "mutual.peers"):
+    for key in ("distill.student", "distill.hidden.weight", "distill.hidden.layers", "mutual.peers", "continual"):
         was, now = _get(saved.get("train", {}), key), _get(current.get("train", {}), key)
         if was != now:
             raise UserError(f"cannot resume: config key 'train.{key}' differs from the run in {folder} (saved "

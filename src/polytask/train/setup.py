@@ -78,7 +78,7 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         encoder_dir = resolve_encoder(config.model.encoder)
         tokenizer = load_tokenizer(encoder_dir)
     tasks = {name: build_task(name, t) for name, t in config.tasks.items()}
-    base = load_base(tc.continual) if tc.continual.enabled else None  # (tasks, model) of the run trained on from
+    base = load_base(tc.continual) if tc.continual.enabled else None  # (tasks, model, config) of the base run
     data = prepare_task_data(tasks, tokenizer, config.model.max_length, splits=("train", "validation"),
                              extra_labels=teachers.labels() if teachers is not None else None,
                              label_order={t: b.labels for t, b in base[0].items() if t in tasks} if base else None)
@@ -135,20 +135,21 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     if distiller is not None and distiller.parameters():  # hidden-state matching's projections learn too
         optimizer.add_param_group({"params": distiller.parameters(), "lr": tc.head_lr or tc.lr, "weight_decay": 0.0})
     scheduler = build_scheduler(optimizer, tc, total_steps)
-    weighting = method({n: t.weight for n, t in config.tasks.items()}, tc.weighting.options)
+    # over the tasks that train (all of them, except a continual run's protected old tasks)
+    weighting = method({n: t.weight for n, t in config.tasks.items() if n in trained}, tc.weighting.options)
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
     return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
                distiller, mutual, epochs, total_steps, steps_per_epoch, continual)
 
 
-def load_base(cfg) -> tuple[dict[str, TaskType], MultiTaskModel]:
-    """The tasks and model of ``train.continual.base`` (read, never written)."""
+def load_base(cfg) -> tuple[dict[str, TaskType], MultiTaskModel, Config]:
+    """The tasks, model and config of ``train.continual.base`` (read, never written)."""
     from polytask.distill.teacher import checkpoint_folder
     from polytask.model.io import load_checkpoint
 
-    _, tasks, _, model = load_checkpoint(checkpoint_folder(cfg.base, "train.continual.base"))
-    return tasks, model
+    config, tasks, _, model = load_checkpoint(checkpoint_folder(cfg.base, "train.continual.base"))
+    return tasks, model, config
 
 
 def continue_from(config: Config, base, model: MultiTaskModel, tasks: dict[str, TaskType],
@@ -159,21 +160,28 @@ def continue_from(config: Config, base, model: MultiTaskModel, tasks: dict[str, 
     cc = config.train.continual
     old = list(cc.old_tasks or [])
     new = [t for t in tasks if t not in old]
+    was, now = base[2].to_dict()["model"], config.to_dict()["model"]
+    changed = [k for k in sorted(set(was) | set(now)) if k != "max_length" and was.get(k) != now.get(k)]
+    if changed:
+        raise UserError(f"config key 'model.{changed[0]}' differs from the base run's ({was.get(changed[0])!r} there, "
+                        f"{now.get(changed[0])!r} here): training on from a run keeps its model (only "
+                        "model.max_length may change)")
     notes = start_from_base(model, base[1], base[0], tasks)
     continual = Continual(cc, old)
     # the starting weights and (ewc) the old tasks' Fisher information from all their training rows, taken now —
     # before --resume loads later weights — on the CPU in eval mode (no dropout, no random draws): the same at
     # every (re)start
     continual.prepare(model, data, tasks, pad_id, config.train.batch_size, torch.device("cpu"))
-    if cc.method == "replay" and cc.replay_ratio > 0:
+    if cc.method == "replay":  # (a ratio of 0 keeps no old rows)
         kept = replay_rows(data, old, new, cc.replay_ratio, config.train.seed,
                            {t: str(source_key(config.tasks[t]) or t) for t in old})
         notes.append("replayed rows: " + ", ".join(f"{t} {n}" for t, n in kept.items()))
     trained = {t: d for t, d in data.items() if t in new or (cc.method == "replay" and d.features["train"])}
     if cc.method == "freeze":  # only what is new trains: its head (and, with per-task adapters, its adapter)
-        own = [f".{t}." for t in new] if config.model.peft.enabled and config.model.peft.sharing == "per_task" else []
-        for n, p in model.encoder.named_parameters():
-            p.requires_grad_(any(k in n for k in own))
+        own = set(new) if config.model.peft.enabled and config.model.peft.sharing == "per_task" else set()
+        frozen = getattr(model.encoder, "polytask_base_names", frozenset())
+        for n, p in model.encoder.named_parameters():  # a new task's adapter: a name with the task's as one part
+            p.requires_grad_(n not in frozen and bool(own & set(n.split("."))))
         for t in old:
             model.heads[t].requires_grad_(False)
     return continual, notes, trained
