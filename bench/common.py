@@ -289,6 +289,8 @@ def add_seed_args(p: argparse.ArgumentParser, name: str) -> None:
     """The options of a seeds x example benchmark (``name``: its runs folder under runs/)."""
     p.add_argument("--example", default="atis", help="example config (default atis)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 1)")
+    p.add_argument("--seed-list", default=None, metavar="S,S,...",
+                   help="these seeds instead of --seeds consecutive ones from the example's, e.g. 42,44")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every run (repeatable)")
     p.add_argument("--output", default=None, help=f"folder for the runs (default runs/{name}/<example>)")
@@ -305,5 +307,7 @@ def seed_runs(args: argparse.Namespace, name: str) -> tuple[Path, list[int], lis
     if args.quick:
         overrides += tiny_overrides(example_config(args.example, [], out / "unused"), train=32, evaluate=16)
         overrides += ["train.epochs=1"]
+    if getattr(args, "seed_list", None):
+        return out, [int(x) for x in args.seed_list.split(",")], overrides
     first = example_config(args.example, overrides, out / "unused").train.seed
     return out, list(range(first, first + (args.seeds or (1 if args.quick else 3)))), overrides
