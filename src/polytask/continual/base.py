@@ -10,7 +10,6 @@ backward: it depends only on the parameters, which every process holds identical
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -79,7 +78,7 @@ class Continual:
         return {n: p for n, p in model.encoder.named_parameters() if p.requires_grad}
 
     def prepare(self, model: nn.Module, data: dict[str, TaskData], tasks: dict[str, Any], pad_id: int,
-                batch_size: int, device: torch.device, progress: bool = False) -> None:
+                batch_size: int, device: torch.device) -> None:
         if not self.active:
             return
         params = self._params(model)
@@ -110,17 +109,13 @@ class Continual:
                             "Fisher information, and none was found")
         for f in self.fisher.values():
             f /= batches
-        if progress:
-            total = sum(float(f.sum()) for f in self.fisher.values())
-            print(f"polytask: ewc: Fisher information of {', '.join(self.old_tasks)} from {batches} batch(es) "
-                  f"(sum {total:.3g})", file=sys.stderr, flush=True)
 
     def add_gradient(self, model: nn.Module) -> None:
         """Add λ F (θ − θ*) to the gradient of each trainable encoder parameter that has one this step (F = 1 for
         l2sp)."""
         if not self.active:
             return
-        lam, penalty = self.cfg.pull, 0.0
+        lam, terms = self.cfg.pull, []
         with torch.no_grad():
             for n, p in self._params(model).items():
                 if p.grad is None:  # no task reached it this step (another task's adapter): it does not move
@@ -131,9 +126,10 @@ class Continual:
                         self.fisher[n] = self.fisher[n].to(p.device)
                 diff = p - self.anchor[n]  # [same shape as p]
                 weighted = diff * self.fisher[n] if self.fisher else diff
-                penalty += float((weighted * diff).sum())
+                terms.append((weighted * diff).sum())
                 p.grad.add_(weighted, alpha=lam)
-        self.last_penalty = 0.5 * lam * penalty
+        # one read of the value per step, not one per parameter (each would wait for a GPU)
+        self.last_penalty = 0.5 * lam * float(torch.stack(terms).sum()) if terms else 0.0
 
     def describe(self) -> list[str]:
         c = self.cfg
