@@ -75,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
         c.set_defaults(func=cmd_continual)
 
+    ad = sub.add_parser("adapt", help="learn a new task from K examples per class (few-shot), from a trained "
+                        "(e.g. meta-learned) run or a plain encoder; mean ± std over seeds")
+    ad.add_argument("start", help="a trained run or checkpoint folder (its encoder is the start), or an encoder "
+                    "(a built-in name or a Hugging Face folder)")
+    ad.add_argument("task_file", help="YAML with tasks: {NEW_TASK: ...} (with a test split) and optionally train: "
+                    "and model:")
+    ad.add_argument("--shots", type=int, default=None, metavar="K",
+                    help="labelled examples per class drawn from the task's training rows (default: all rows)")
+    ad.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat over N draws of K (default 1)")
+    ad.add_argument("--output", default=None, help="output folder (default: train.output_dir, else runs/adapt-TASK)")
+    ad.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config entry of every run, e.g. --set train.epochs=30 (repeatable)")
+    ad.add_argument("--overwrite", action="store_true", help="replace runs already in the output folder")
+    ad.set_defaults(func=cmd_adapt)
+
     e = sub.add_parser("evaluate", help="per-task metrics of a trained model on a split")
     e.add_argument("run", help="run folder (its best/ checkpoint is used) or checkpoint folder")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -198,6 +213,16 @@ def cmd_continual(args) -> int:
     if result.report:  # (the main process's)
         print(markdown(result.report))
         print(f"report: {result.output_dir / 'forgetting.md'}")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    from polytask.meta.adapt import adapt, markdown
+
+    result = adapt(args.start, args.task_file, shots=args.shots, seeds=args.seeds, overrides=args.overrides,
+                   output=args.output, overwrite=args.overwrite)
+    print(markdown(result.summary))
+    print(f"report: {result.output_dir / 'adapt.md'}")
     return 0
 
 

@@ -353,6 +353,38 @@ class MutualConfig:
         return self.peers > 1
 
 
+@dataclass
+class MetaConfig:
+    """``train.meta:`` — episodic meta-training of the shared encoder, so that ``polytask adapt`` then learns a new
+    task from a few examples. ``method``: ``none``, ``reptile`` (Nichol et al. 2018) or ``fomaml`` (first-order
+    MAML, Finn et al. 2017). An episode is one training task and, for classification and multi-label tasks,
+    ``ways`` of its labels with ``shots`` support rows each (``query_shots`` more per label for fomaml's query
+    set and for validation); a token task's episode is ``ways x shots`` sentences with all their tags. The
+    inner loop adapts the encoder (its adapter under ``model.peft``) and a fresh zero-initialised head for
+    ``inner_steps`` steps of ``inner_optimizer`` (``inner_lr``; the head ``inner_head_lr``); the outer update
+    is the run's optimizer stepping on the meta-gradient at ``meta_lr`` (null: ``train.lr``), with the run's
+    warm-up, decay and clipping. ``tasks_per_episode`` episodes (times ``train.grad_accum``) make one outer
+    update; ``episodes_per_epoch`` (null: every training row once in a support set); ``eval_episodes``: fixed
+    validation episodes per task (their mean query accuracy is the ``mean`` that early stopping reads)."""
+
+    method: Literal["none", "reptile", "fomaml"] = "none"
+    ways: int = 5
+    shots: int = 8
+    query_shots: int = 8
+    inner_steps: int = 5
+    inner_lr: float = 5.0e-5
+    inner_head_lr: float = 1.0e-2
+    inner_optimizer: Literal["adam", "sgd"] = "adam"
+    meta_lr: float | None = None
+    tasks_per_episode: int = 1
+    episodes_per_epoch: int | None = None
+    eval_episodes: int = 8
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
 CONTINUAL_METHODS = ("none", "replay", "ewc", "l2sp", "freeze")
 
 
@@ -441,6 +473,7 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     mutual: MutualConfig = field(default_factory=MutualConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     tensorboard: bool = True
     progress: bool = True  # progress bars
 
@@ -541,7 +574,8 @@ class Config:
                 _bad("train.early_stopping.metric", es.metric,
                      "mean, loss, or <task>.<metric> with task one of " + ", ".join(self.tasks))
             ttype = TASK_TYPES.get(self.tasks[task].type)
-            if metric not in ttype.metric_names and metric != "loss":
+            if metric not in ttype.metric_names and metric != "loss" and not (
+                    self.train.meta.enabled and metric in ("episode_accuracy", "episode_loss")):
                 _bad("train.early_stopping.metric", es.metric,
                      f"for a {self.tasks[task].type} task: " + ", ".join((*ttype.metric_names, "loss")))
         method = WEIGHTINGS.get(tr.weighting.method, where="config key 'train.weighting.method'")
@@ -564,7 +598,42 @@ class Config:
         self._validate_distill()
         self._validate_mutual()
         self._validate_continual()
+        self._validate_meta()
         return self
+
+    def _validate_meta(self) -> None:
+        m = self.train.meta
+        for k in ("ways", "shots", "query_shots", "inner_steps", "tasks_per_episode", "eval_episodes"):
+            if getattr(m, k) < (2 if k == "ways" else 1):
+                _bad(f"train.meta.{k}", getattr(m, k), "an integer >= " + ("2" if k == "ways" else "1"))
+        if m.episodes_per_epoch is not None and m.episodes_per_epoch < 1:
+            _bad("train.meta.episodes_per_epoch", m.episodes_per_epoch, "null or an integer >= 1")
+        for k in ("inner_lr", "inner_head_lr", "meta_lr"):
+            v = getattr(m, k)
+            if v is not None and v <= 0:
+                _bad(f"train.meta.{k}", v, "a number > 0" + (" or null (train.lr)" if k == "meta_lr" else ""))
+        if not m.enabled:
+            return
+        from polytask.meta.episodes import EPISODE_TYPES
+
+        for name, t in self.tasks.items():
+            if t.type not in EPISODE_TYPES:
+                raise NotSupportedError(f"train.meta with task '{name}' of type {t.type} is not supported; "
+                                        f"meta-learning episodes are built for {', '.join(EPISODE_TYPES)} tasks")
+        for other, on in (("train.distill", self.train.distill.enabled), ("train.mutual", self.train.mutual.enabled),
+                          ("train.continual", self.train.continual.enabled),
+                          ("train.adversarial", self.train.adversarial.method != "none"),
+                          ("per-task adapters (model.peft.sharing: per_task)",
+                           self.model.peft.enabled and self.model.peft.sharing == "per_task")):
+            if on:
+                raise NotSupportedError(f"train.meta with {other} is not supported; remove one of them")
+        if self.train.weighting.method != "static":
+            raise NotSupportedError(f"train.meta with train.weighting.method: {self.train.weighting.method} is not "
+                                    "supported (an outer update averages episodes, not task losses); use static")
+        es = self.train.early_stopping.metric
+        if es not in ("mean", "loss") and not es.endswith((".episode_accuracy", ".episode_loss")):
+            _bad("train.early_stopping.metric", es, "under train.meta: mean, loss, <task>.episode_accuracy or "
+                 "<task>.episode_loss (validation scores few-shot episodes)")
 
     def _validate_continual(self) -> None:
         c = self.train.continual
@@ -686,6 +755,8 @@ class Config:
             del d["train"]["distill"]  # off: configs (and saved checkpoints) read as before distillation existed
         if not self.train.mutual.enabled:
             del d["train"]["mutual"]
+        if not self.train.meta.enabled:
+            del d["train"]["meta"]  # off: configs (and saved checkpoints) read as before meta-learning existed
         if not self.train.continual.enabled:
             del d["train"]["continual"]  # off: configs (and saved checkpoints) read as before continual learning
         return d

@@ -35,10 +35,10 @@ class ContinualResult:
 
 def base_config(run: str | Path) -> tuple[Path, dict[str, Any]]:
     """The base checkpoint folder and its config as a plain dict, without the sections a new run does not inherit
-    (distillation, mutual learning, an earlier continual step's settings)."""
+    (distillation, mutual learning, an earlier continual step's settings, meta-learning)."""
     ckpt = checkpoint_dir(run).resolve()
     data = copy.deepcopy(read_meta(ckpt)["config"])
-    for key in ("distill", "mutual", "continual"):
+    for key in ("distill", "mutual", "continual", "meta"):
         data["train"].pop(key, None)
     for t in data["tasks"].values():
         t.pop("distill_data", None)

@@ -41,8 +41,11 @@ def plan_signature(run) -> dict[str, Any]:
     """What decides the batch plan: the sources (joint batches) and their sizes, sampling, batch size and
     accumulation. Resuming under another plan would skip the wrong batches."""
     tc = run.config.train
-    return {"sources": {n: len(s) for n, s in run.sources.items()}, "sampling": tc.sampling,
-            "batch_size": tc.batch_size, "grad_accum": tc.grad_accum}
+    sig = {"sources": {n: len(s) for n, s in run.sources.items()}, "sampling": tc.sampling,
+           "batch_size": tc.batch_size, "grad_accum": tc.grad_accum}
+    if run.meta is not None:  # episodes: their count per epoch and per outer update decide the plan too
+        sig.update(run.plan.signature())
+    return sig
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
@@ -55,7 +58,8 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path)
             diff = [k for k in keys if saved.get(section, {}).get(k) != current.get(section, {}).get(k)]
             raise UserError(f"cannot resume: config section '{section}' differs from the run in {folder} "
                             f"(at {', '.join(f'{section}.{k}' for k in diff)}); use the run's config or --overwrite")
-    for key in ("distill.student", "distill.hidden.weight", "distill.hidden.layers", "mutual.peers", "continual"):
+    for key in ("distill.student", "distill.hidden.weight", "distill.hidden.layers", "mutual.peers", "continual",
+                "meta.method"):
         was, now = _get(saved.get("train", {}), key), _get(current.get("train", {}), key)
         if was != now:
             raise UserError(f"cannot resume: config key 'train.{key}' differs from the run in {folder} (saved "

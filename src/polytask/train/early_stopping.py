@@ -9,7 +9,8 @@ from polytask.config import EarlyStoppingConfig
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.split(".")[-1] in ("loss", "mse")
+    last = metric.split(".")[-1]
+    return last in ("loss", "mse") or last.endswith("_loss")  # e.g. meta-learning's <task>.episode_loss
 
 
 @dataclass

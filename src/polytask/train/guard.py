@@ -25,6 +25,8 @@ class NonFiniteLossError(UserError):
 
 def first_example(run, window: list[tuple[str, list[int]]], task: str) -> str:
     """``file:line`` of the first example of ``task`` in the step's micro-batches."""
+    if run.meta is not None:
+        return "a meta-learning episode"
     for src, rows in window:
         source = run.sources[src]
         if task in source.tasks:

@@ -39,6 +39,7 @@ from polytask.train.checkpoint import TrainerState, load_last, save_last
 from polytask.train.early_stopping import EarlyStopping
 from polytask.train.guard import check_finite
 from polytask.train.logging import RunLogger
+from polytask.train.meta import meta_step
 from polytask.train.output import check_output_dir, device_type, has_accelerator, start_output_dir
 from polytask.train.setup import Run, build_run
 from polytask.train.state import rng_states
@@ -115,7 +116,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
             window = batches[i:i + tc.grad_accum * run.plan.tasks_per_step]  # micro-batches of one optimizer step
             for hook in hooks:
                 hook.before_step(accelerator, accelerator.unwrap_model(model), run, window, state.global_step)
-            losses = train_step(accelerator, model, run, window, state.global_step, epoch)
+            step_fn = meta_step if run.meta is not None else train_step  # meta-learning: episodes, an outer update
+            losses = step_fn(accelerator, model, run, window, state.global_step, epoch)
             check_finite(accelerator, run, window, losses, state.global_step, on_stop=(logger.close, bar.close))
             for task, loss in losses.items():
                 running[task].append(loss)
@@ -291,8 +293,14 @@ def validate_and_save(accelerator: Accelerator, model, run: Run, state: TrainerS
                               tc.precision, gather=gather_object, rank=accelerator.process_index,
                               world=accelerator.num_processes)
 
-    # mutual learning: every peer and their ensemble are scored; the results are the best peer's
-    results = run.mutual.validate(unwrapped, evaluate, tc.early_stopping.metric) if run.mutual else evaluate(unwrapped)
+    # mutual learning: every peer and their ensemble are scored; the results are the best peer's; meta-learning:
+    # few-shot validation episodes (the task heads are not trained)
+    if run.meta is not None:
+        results = run.meta.validate(unwrapped, accelerator.device, accelerator.autocast)
+    elif run.mutual is not None:
+        results = run.mutual.validate(unwrapped, evaluate, tc.early_stopping.metric)
+    else:
+        results = evaluate(unwrapped)
     flat = flat_metrics(results)
     state.last_eval = flat
     metric = tc.early_stopping.metric

@@ -5,6 +5,7 @@ All reading and validation of user data happens here, before anything is written
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class Run:
     total_steps: int  # optimizer steps in the whole run
     steps_per_epoch: int
     continual: Any = None  # polytask.continual.Continual, or None without train.continual
+    meta: Any = None  # polytask.meta.MetaLearner, or None without train.meta (then plan is an EpisodePlan)
 
     @property
     def pad_id(self) -> int:
@@ -123,15 +125,26 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     if tc.task_probabilities:  # a task's probability, shared by its sources in proportion to their rows
         rows = {t: sum(len(s) for s in sources.values() if t in s.tasks) for t in tasks}
         probs = {n: sum(tc.task_probabilities[t] * len(s) / rows[t] for t in s.tasks) for n, s in sources.items()}
-    plan = MultiTaskBatchPlan({n: s.lengths for n, s in sources.items()}, tc, world_size=world_size, rank=rank,
-                              task_probabilities=probs)
+    meta = None
+    if tc.meta.enabled:  # episodes instead of batches: the plan says which task each episode comes from
+        from polytask.meta import EpisodePlan, MetaLearner
+
+        meta = MetaLearner(tc.meta, tasks, data, tc.seed, tokenizer.pad_token_id or 0, tc.batch_size)
+        plan = EpisodePlan({t: len(d.features["train"]) for t, d in data.items()}, tc.meta, tc, world_size, rank)
+        if rank == 0:
+            for line in meta.describe():
+                print(f"polytask: {line}", file=sys.stderr, flush=True)
+    else:
+        plan = MultiTaskBatchPlan({n: s.lengths for n, s in sources.items()}, tc, world_size=world_size, rank=rank,
+                                  task_probabilities=probs)
     steps_per_epoch = math.ceil(len(plan) / (tc.grad_accum * plan.tasks_per_step))
     if tc.max_steps is not None:
         total_steps, epochs = tc.max_steps, math.ceil(tc.max_steps / steps_per_epoch)
     else:
         total_steps, epochs = tc.epochs * steps_per_epoch, tc.epochs
     plan.total_epochs = epochs  # annealed sampling needs it
-    optimizer = build_optimizer(model, tc)
+    # meta-learning: the outer update is the optimizer's step on the meta-gradient, at meta_lr
+    optimizer = build_optimizer(model, dataclasses.replace(tc, lr=tc.meta.meta_lr) if meta and tc.meta.meta_lr else tc)
     if distiller is not None and distiller.parameters():  # hidden-state matching's projections learn too
         optimizer.add_param_group({"params": distiller.parameters(), "lr": tc.head_lr or tc.lr, "weight_decay": 0.0})
     scheduler = build_scheduler(optimizer, tc, total_steps)
@@ -140,7 +153,7 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
     return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
-               distiller, mutual, epochs, total_steps, steps_per_epoch, continual)
+               distiller, mutual, epochs, total_steps, steps_per_epoch, continual, meta)
 
 
 def load_base(cfg) -> tuple[dict[str, TaskType], MultiTaskModel, Config]:
