@@ -272,3 +272,19 @@ def test_meta_learning_under_two_processes_averages_the_outer_update(toy_config,
     state = json.loads((Path(data["train"]["output_dir"]) / "last" / "training_state" / "trainer_state.json")
                        .read_text())
     assert state["finished"] and state["global_step"] == 2 * 8 // 2  # 8 episodes per epoch split over 2 processes
+
+
+def test_meta_learning_with_lora_adapts_only_the_adapter(toy_config, build_config):
+    data = meta_config(toy_config, "reptile", kinds=("classification",), inner_optimizer="sgd", inner_lr=0.05,
+                       inner_head_lr=0.5)
+    data["model"]["peft"] = {"method": "lora", "r": 2}
+    from polytask.train.setup import build_run
+
+    run = build_run(build_config(data))
+    model = run.model.eval()
+    names = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    grads, _ = run.meta.step(model, [("classification", [0])], torch.device("cpu"), contextlib.nullcontext)
+    assert len(grads) == len(names) and sum(float(g.abs().sum()) for g in grads) > 0
+    result = polytask.train(build_config(data))  # and the whole run, saved as a PEFT checkpoint
+    assert "episode_accuracy" in " ".join(final_eval(result.output_dir))
