@@ -288,3 +288,10 @@ def test_meta_learning_with_lora_adapts_only_the_adapter(toy_config, build_confi
     assert len(grads) == len(names) and sum(float(g.abs().sum()) for g in grads) > 0
     result = polytask.train(build_config(data))  # and the whole run, saved as a PEFT checkpoint
     assert "episode_accuracy" in " ".join(final_eval(result.output_dir))
+
+
+def test_loading_a_meta_run_for_prediction_warns_that_its_heads_are_untrained(toy_config, build_config, capsys):
+    meta = polytask.train(build_config(meta_config(toy_config, kinds=("classification",))))
+    capsys.readouterr()
+    polytask.load(meta.output_dir)
+    assert "its task heads were not trained" in capsys.readouterr().err

@@ -47,6 +47,12 @@ class Predictor:
         self.path = checkpoint_dir(path)
         self.device = device
         self.config, self.tasks, self.tokenizer, self.model = load_checkpoint(self.path, device)
+        if self.config.train.meta.enabled:
+            import sys
+
+            print(f"polytask: warning: {self.path} was meta-learned (train.meta): its task heads were not trained, so "
+                  "their predictions mean nothing; learn a task from it with polytask adapt", file=sys.stderr,
+                  flush=True)
 
     @classmethod
     def from_loaded(cls, path: str | Path, config, tasks, tokenizer, model,
