@@ -49,18 +49,18 @@ def cached(path: Path, make):
 
 
 def kshot_rows(task_cfg: dict, name: str, shots: int, seed: int):
-    """(texts, labels) of the K-shot draw ``polytask adapt`` makes for ``seed`` (all of it, nothing held out),
-    and the test split's, for the probe and SetFit."""
+    """The task, the training rows ``polytask adapt`` trains on for ``seed`` (its K-shot draw less the held-out
+    quarter) and the test rows it scores, as examples — so the probe and SetFit learn from the same rows."""
     from polytask.config import load_config
     from polytask.data.features import read_examples, task_rows
-    from polytask.meta.adapt import sample_shots
+    from polytask.meta.adapt import holdout_split, sample_shots
     from polytask.tasks import build_task
 
     cfg = load_config(data={"model": {"encoder": "minilm"}, "tasks": {name: task_cfg}}).tasks[name]
     task = build_task(name, cfg)
     rows = task_rows(name, cfg, "train")
-    picked = sample_shots(task, rows, shots, seed, f"task '{name}'")
-    train = [task.read(rows[i][1], rows[i][0]) for i in picked]
+    fit, _ = holdout_split(task, rows, sample_shots(task, rows, shots, seed, f"task '{name}'"), seed)
+    train = [task.read(rows[i][1], rows[i][0]) for i in fit]
     test = read_examples(task, "test")
     return task, train, test
 

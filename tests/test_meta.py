@@ -110,7 +110,9 @@ def test_episodes_have_ways_and_shots_per_label_are_seeded_and_use_training_rows
     a, again, other = learner.episode(kind, 3), learner.episode(kind, 3), learner.episode(kind, 4)
     assert (a.support, a.query, a.classes) == (again.support, again.query, again.classes)  # seeded by position
     assert (a.support, a.query) != (other.support, other.query)
-    assert not set(a.support) & set(a.query)
+    for p in range(40):  # no row twice: support and query disjoint (multi-label rows carry several labels)
+        e = learner.episode(kind, p)
+        assert len(set(e.support + e.query)) == len(e.support + e.query)
     assert all(0 <= i < len(feats) for i in a.support + a.query)  # indices into the training features
     if kind == "token":
         assert a.classes is None and len(a.support) == len(a.query) == 2 * 2
@@ -122,8 +124,14 @@ def test_episodes_have_ways_and_shots_per_label_are_seeded_and_use_training_rows
             assert len(carrying) >= 2
         if kind == "classification":
             assert Counter(feats[i]["labels"] for i in rows) == {c: 2 for c in a.classes}
-    # validation episodes come from the validation split and stay fixed
+    # validation episodes index the validation split's rows, with the labels they were drawn for
+    val = run.data[kind].features["validation"]
     assert learner.validation[kind] and all(len(e.query) for e in learner.validation[kind])
+    for e in learner.validation[kind]:
+        assert all(0 <= i < len(val) for i in e.support + e.query)
+        for i in e.support + e.query:
+            carried = val[i]["labels"] if kind == "multilabel" else [val[i]["labels"]]
+            assert set(carried) & set(e.classes)
 
 
 def test_meta_training_end_to_end_writes_episode_validation_and_a_loadable_encoder(toy_config, tmp_path):
@@ -154,7 +162,7 @@ def test_meta_run_resumed_mid_run_matches_the_uninterrupted_run(toy_config, buil
     real = loop.meta_step
 
     def interrupted(accelerator, model, run, window, step, epoch=0):
-        if step == 7:
+        if step == 5:  # mid-epoch (6 steps an epoch): resumed from the state saved at step 4
             raise KeyboardInterrupt
         return real(accelerator, model, run, window, step, epoch)
 
@@ -173,7 +181,7 @@ def test_meta_run_resumed_mid_run_matches_the_uninterrupted_run(toy_config, buil
     ({"kinds": ("classification", "regression")}, "meta-learning episodes are built for"),
     ({"meta": {"ways_": 3}}, "unknown config key 'train.meta.ways_'"),
     ({"meta": {"method": "maml"}}, "train.meta.method"),
-    ({"meta": {"shots": 30}}, "fewer than two labels with shots + query_shots = 32"),
+    ({"meta": {"shots": 30}}, "fewer than two labels with shots = 30 training rows"),  # reptile: no query set
     ({"meta": {"ways": 1}}, "train.meta.ways"),
     ({"one_label": True}, "has a single label ('pos')"),
 ])
@@ -288,6 +296,27 @@ def test_meta_learning_with_lora_adapts_only_the_adapter(toy_config, build_confi
     assert len(grads) == len(names) and sum(float(g.abs().sum()) for g in grads) > 0
     result = polytask.train(build_config(data))  # and the whole run, saved as a PEFT checkpoint
     assert "episode_accuracy" in " ".join(final_eval(result.output_dir))
+
+
+@pytest.mark.parametrize("kind, label", [("multilabel", "labels"), ("token", "tags")])
+def test_adapt_multilabel_and_token_tasks_keeps_every_class_in_training(kind, label, toy_config, tmp_path):
+    data = toy_config([kind], n_train=40, n_eval=16)
+    task_file = tmp_path / "adapt.yaml"
+    task_file.write_text(yaml.safe_dump({"tasks": {"new": data["tasks"][kind]}, "train": {
+        "epochs": 2, "precision": "fp32", "progress": False, "tensorboard": False}}))
+    out = tmp_path / "out"
+    assert cli(["adapt", data["model"]["encoder"], str(task_file), "--shots", "4", "--seeds", "3",
+                "--output", str(out)]) == 0
+    summary = json.loads((out / "adapt.json").read_text())
+    assert len(summary["runs"]) == 3
+    for r in summary["runs"]:
+        fit = [json.loads(x) for x in (out / "data" / f"seed{r['seed']}" / "train.jsonl").read_text().splitlines()]
+        held = (out / "data" / f"seed{r['seed']}" / "validation.jsonl").read_text().splitlines()
+        assert held  # a quarter held out ...
+        everything = set().union(*(set(json.loads(x)[label]) for x in held), *(set(x[label]) for x in fit))
+        assert everything - {"O"} <= set().union(*(set(x[label]) for x in fit))  # ... but every class still trains
+        if kind == "token":
+            assert r["metric"] == "f1"
 
 
 def test_loading_a_meta_run_for_prediction_warns_that_its_heads_are_untrained(toy_config, build_config, capsys):

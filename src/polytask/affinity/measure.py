@@ -129,7 +129,8 @@ def measure_affinity(config: Config, output: str | Path, steps: int | None = Non
         raise UserError(f"--fraction must be in (0, 1], got {fraction}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
-    for key, on in (("train.mutual", config.train.mutual.enabled), ("train.distill", config.train.distill.enabled)):
+    for key, on in (("train.mutual", config.train.mutual.enabled), ("train.distill", config.train.distill.enabled),
+                    ("train.meta", config.train.meta.enabled)):
         if on:  # the probe measures one model's tasks; peers or a teacher would change what it measures
             raise NotSupportedError(f"polytask affinity with {key} is not supported; measure the config without it")
     cfg = affinity_config(config, Path(output), steps, progress)

@@ -55,18 +55,11 @@ def read_examples(task: TaskType, split: str, labelled: bool = True, partial: bo
     (they share joint batches); then rows with no label for this task are left out of it — they still train
     the others — instead of being an error. A task reading its rows alone is sampled stratified by label
     (single-label classification)."""
-    rows = task_rows(task.name, task.cfg, split)
+    rows = sampled_rows(task, split, labelled, partial)
     if rows is None:
         return None
-    if not rows:
-        raise UserError(f"the {split} split of task '{task.name}' has no rows")
     limit = task.cfg.max_train_samples if split == "train" else task.cfg.max_eval_samples
-    sampled = bool(limit and limit < len(rows))
-    if sampled:
-        # Stratified for single-label classification: a file sorted by class must not give a one-class subset.
-        labels = ([task.row_label(rec, where) for where, rec in rows]
-                  if labelled and task.type_name == "classification" and not partial else None)
-        rows = [rows[i] for i in subset_indices(len(rows), limit, subset_seed(task.cfg, split), labels)]
+    sampled = bool(limit and len(rows) == limit)  # (a sample, or a split of exactly that size)
     if partial and labelled:
         kept = [(w, rec) for w, rec in rows if not unlabelled(rec.get(task.cfg.label))]
         if kept and len(kept) < len(rows):
@@ -83,6 +76,22 @@ def read_examples(task: TaskType, split: str, labelled: bool = True, partial: bo
                   f"{subset} holds a single label, {found.pop()!r}; the model can only learn to predict it",
                   file=sys.stderr, flush=True)
     return examples
+
+
+def sampled_rows(task: TaskType, split: str, labelled: bool = True, partial: bool = False) -> Rows | None:
+    """The raw rows ``read_examples`` reads: the split's rows, or its ``max_*_samples`` sample of them."""
+    rows = task_rows(task.name, task.cfg, split)
+    if rows is None:
+        return None
+    if not rows:
+        raise UserError(f"the {split} split of task '{task.name}' has no rows")
+    limit = task.cfg.max_train_samples if split == "train" else task.cfg.max_eval_samples
+    if limit and limit < len(rows):
+        # Stratified for single-label classification: a file sorted by class must not give a one-class subset.
+        labels = ([task.row_label(rec, where) for where, rec in rows]
+                  if labelled and task.type_name == "classification" and not partial else None)
+        rows = [rows[i] for i in subset_indices(len(rows), limit, subset_seed(task.cfg, split), labels)]
+    return rows
 
 
 def subset_seed(cfg: TaskConfig, split: str) -> str | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polytask.config import load_config, read_yaml
+from polytask.config import apply_override, load_config, read_yaml
 from polytask.errors import UserError
 from polytask.model.io import read_meta, write_json
 
@@ -94,8 +94,9 @@ def sample_shots(task, rows: list[tuple[str, dict]], shots: int, seed: int, wher
 
 
 def holdout_split(task, rows: list[tuple[str, dict]], picked: list[int], seed: int) -> tuple[list[int], list[int]]:
-    """(training rows, held-out rows) of a sample: a quarter held out — per label for classification (at least
-    one of each label with two or more rows) — and none of a sample too small to split."""
+    """(training rows, held-out rows) of a sample: about a quarter held out, and every class keeps at least one
+    training row (a label the training rows lack could not be learnt, nor read in the held-out rows) — per label
+    for classification (at least one of each label with two or more rows); none of a sample too small to split."""
     rng = random.Random(f"adapt-holdout-{seed}-{task.name}")
     if task.type_name == "classification":
         groups: dict[str, list[int]] = {}
@@ -106,7 +107,22 @@ def holdout_split(task, rows: list[tuple[str, dict]], picked: list[int], seed: i
             if len(g) >= 2:
                 held += rng.sample(g, max(1, round(HOLDOUT * len(g))))
     else:
-        held = rng.sample(picked, max(1, round(HOLDOUT * len(picked)))) if len(picked) >= 4 else []
+        sub = [rows[i] for i in picked]
+        carried = {c: {picked[j] for j in r} for c, r in class_rows(task, sub).items()}
+        classes_of: dict[int, list[str]] = {}
+        for c, members in carried.items():
+            for i in members:
+                classes_of.setdefault(i, []).append(c)
+        left = {c: len(m) for c, m in carried.items()}
+        target = round(HOLDOUT * len(picked)) if len(picked) >= 4 else 0
+        held = []
+        for i in rng.sample(picked, len(picked)):
+            if len(held) >= target:
+                break
+            if all(left[c] > 1 for c in classes_of.get(i, [])):  # every class it carries keeps a training row
+                held.append(i)
+                for c in classes_of.get(i, []):
+                    left[c] -= 1
     held_set = set(held)
     return [i for i in picked if i not in held_set], sorted(held)
 
@@ -123,7 +139,7 @@ def adapt(start: str | Path, task_file: str | Path, shots: int | None = None, se
           overrides: list[str] = (), output: str | None = None, overwrite: bool = False) -> AdaptResult:
     """Fine-tune a new task from ``shots`` examples per class on ``seeds`` draws; returns the summary (also
     written to ``adapt.json`` / ``adapt.md`` in the output folder)."""
-    from polytask.data.features import task_rows
+    from polytask.data.features import sampled_rows, task_rows
     from polytask.evaluate.report import evaluate_checkpoint
     from polytask.predict import Predictor, checkpoint_dir
     from polytask.tasks import build_task
@@ -170,14 +186,20 @@ def adapt(start: str | Path, task_file: str | Path, shots: int | None = None, se
     train_cfg = copy.deepcopy(ADAPT_TRAIN)
     for k, v in (extra.get("train") or {}).items():
         train_cfg[k] = v
-    out = Path(output or train_cfg.get("output_dir") or f"runs/adapt-{name}")
-    # validate the whole config (and the task) once, with the task's own data, before anything is written
-    probe = load_config(data={"model": model, "tasks": {name: spec}, "train": {**train_cfg, "output_dir": str(out)}},
-                        overrides=list(overrides))
+    train_cfg.setdefault("output_dir", f"runs/adapt-{name}")
+    # the user's --set first; then each seed's own seed and folder (below) — validated once, before anything is
+    # written, with the task's own data
+    data = {"model": model, "tasks": {name: spec}, "train": train_cfg}
+    for o in overrides:
+        apply_override(data, o)
+    if output:
+        data["train"]["output_dir"] = output
+    probe = load_config(data=copy.deepcopy(data))
+    out = Path(probe.train.output_dir)
     task = build_task(name, probe.tasks[name])
     source = f"the training data of task '{name}' ({spec.get('dataset') or spec.get('train')})"
     rows = task_rows(name, probe.tasks[name], "train")
-    test = task_rows(name, probe.tasks[name], "test")
+    test = sampled_rows(task, "test")  # the rows the task's own config would score (max_eval_samples of them)
     if test is None:
         raise UserError(f"{task_file}: task '{name}' has no test split to score the adapted model on; give "
                         f"tasks.{name}.test")
@@ -194,22 +216,23 @@ def adapt(start: str | Path, task_file: str | Path, shots: int | None = None, se
     for s, (fit, held) in samples.items():
         run = out / f"seed{s}"
         data_dir = run.parent / "data" / f"seed{s}"
-        task_spec = {k: v for k, v in spec.items() if k not in ("dataset", "max_train_samples", "train",
-                                                                "validation", "test")}
+        task_spec = {k: v for k, v in data["tasks"][name].items()
+                     if k not in ("dataset", "max_train_samples", "max_eval_samples", "train", "validation", "test")}
         task_spec.update(train=str(write_rows(data_dir / "train.jsonl", rows, fit)), test=str(test_file))
         if held:
             task_spec["validation"] = str(write_rows(data_dir / "validation.jsonl", rows, held))
-        tc = {**train_cfg, "output_dir": str(run), "seed": s}
+        tc = {**copy.deepcopy(data["train"]), "output_dir": str(run), "seed": s}
         if start_from:
             tc["continual"] = start_from
-        config = load_config(data={"model": model, "tasks": {name: task_spec}, "train": tc}, overrides=list(overrides))
+        config = load_config(data={"model": data["model"], "tasks": {name: task_spec}, "train": tc})
         begin = time.perf_counter()
         result = train(config, overwrite=overwrite)
         seconds = time.perf_counter() - begin
         if not result.is_main_process:
             continue
-        scores = evaluate_checkpoint(Predictor(run / "best"), "test")
-        metric = task.main_metric
+        adapted = Predictor(run / "best")
+        scores = evaluate_checkpoint(adapted, "test")
+        metric = adapted.tasks[name].main_metric  # chosen once the labels were fitted (span F1 or accuracy)
         results.append({"seed": s, "train_rows": len(fit), "heldout_rows": len(held), "steps": result.global_step,
                         "seconds": seconds, "metric": metric, "score": 100 * scores[name][metric],
                         "run": str(run)})

@@ -4,8 +4,8 @@ outer update (``reptile.py``, ``fomaml.py``) what it needs.
 The inner loop works on the model's own parameters in place — the episode's starting point is copied first
 and restored after — so no second copy of the encoder is kept; only trainable parameters take part (with
 ``model.peft`` that is the adapter: the inner loop adapts LoRA weights only). The fresh head is a
-zero-initialised linear layer over the episode's ``ways`` labels (all tags for a token task), the
-initialisation ``polytask adapt`` gives a new head when it starts from a meta-learned run.
+zero-initialised linear layer over the episode's ``ways`` labels (all tags for a token task); ``polytask adapt``
+later gives a new task's head the usual small random initialisation, close to it.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ class MetaLearner:
         self.cfg, self.tasks, self.data, self.seed = cfg, tasks, data, seed
         self.pad_id, self.batch_size = pad_id, batch_size
         self.update = META.get(cfg.method, where="config key 'train.meta.method'")()
-        for name, d in data.items():
-            check_episodes(name, d.task, d.features["train"], cfg, "training")
+        for name, d in data.items():  # training episodes read a query set only under fomaml
+            check_episodes(name, d.task, d.features["train"], cfg, "training", query=self.update.needs_query)
         self.rows = {name: label_rows(d.task, d.features["train"]) for name, d in data.items()}
         # fixed validation episodes (the same at every validation): a task's validation rows, when it has enough
         self.validation: dict[str, list[Episode]] = {}

@@ -45,20 +45,22 @@ def label_rows(task, features: list[dict[str, Any]]) -> dict[int, list[int]] | N
     return rows
 
 
-def check_episodes(name: str, task, features: list[dict[str, Any]], cfg: MetaConfig, where: str) -> None:
+def check_episodes(name: str, task, features: list[dict[str, Any]], cfg: MetaConfig, where: str,
+                   query: bool = True) -> None:
     """Refuse a task that cannot make episodes: a type meta-learning does not cover, a single label, or fewer
-    than two labels with ``shots + query_shots`` rows each."""
+    than two labels with ``shots`` (``+ query_shots`` with a query set) rows each."""
     if task.type_name not in EPISODE_TYPES:
         from polytask.errors import NotSupportedError
 
         raise NotSupportedError(f"train.meta: task '{name}' is a {task.type_name} task; meta-learning episodes are "
                                 f"built for {', '.join(EPISODE_TYPES)} tasks")
-    need = cfg.shots + cfg.query_shots
+    need = cfg.shots + (cfg.query_shots if query else 0)
+    what = "shots + query_shots" if query else "shots"
     rows = label_rows(task, features)
     if rows is None:
         if len(features) < cfg.ways * need:
             raise UserError(f"train.meta: task '{name}' has {len(features)} {where} sentences, fewer than one "
-                            f"episode needs (ways x (shots + query_shots) = {cfg.ways * need})")
+                            f"episode needs (ways x ({what}) = {cfg.ways * need})")
         return
     if len(rows) < 2:
         only = task.labels[next(iter(rows))] if rows else "none"
@@ -67,8 +69,8 @@ def check_episodes(name: str, task, features: list[dict[str, Any]], cfg: MetaCon
     if len(eligible(rows, need)) < 2:
         ranked = sorted(rows.items(), key=lambda x: -len(x[1]))
         counts = ", ".join(f"{task.labels[lab]!r} {len(r)}" for lab, r in ranked)
-        raise UserError(f"train.meta: task '{name}' has fewer than two labels with shots + query_shots = {need} "
-                        f"{where} rows each (rows per label: {counts}); lower train.meta.shots or query_shots")
+        raise UserError(f"train.meta: task '{name}' has fewer than two labels with {what} = {need} "
+                        f"{where} rows each (rows per label: {counts}); lower train.meta.{what.replace(' + ', ' or ')}")
 
 
 def eligible(rows: dict[int, list[int]], need: int) -> list[int]:
@@ -78,23 +80,30 @@ def eligible(rows: dict[int, list[int]], need: int) -> list[int]:
 def draw_episode(rng: random.Random, name: str, task, rows: dict[int, list[int]] | None, n_features: int,
                  cfg: MetaConfig, query: bool) -> Episode:
     """One episode of task ``name``: ``rows`` from ``label_rows`` (None: a token task over ``n_features``
-    sentences). Support and query rows are disjoint; a multi-label row is drawn for one label at most."""
+    sentences). No row is drawn twice, so support and query rows are disjoint; a multi-label label whose rows
+    were all taken by earlier labels is passed over for the next one (an episode may then have fewer than
+    ``ways`` labels). Support and query rows come in a random order (not label by label), so the inner loop's
+    batches mix the labels."""
     q = cfg.query_shots if query else 0
     if rows is None:
         picked = rng.sample(range(n_features), cfg.ways * (cfg.shots + q))
         k = cfg.ways * cfg.shots
         return Episode(name, picked[:k], picked[k:], None)
     labels = eligible(rows, cfg.shots + q)
-    classes = rng.sample(labels, min(cfg.ways, len(labels)))
-    support, queries, used = [], [], set()
-    for lab in classes:
+    classes, support, queries, used = [], [], [], set()
+    for lab in rng.sample(labels, len(labels)):
+        if len(classes) == cfg.ways:
+            break
         free = [r for r in rows[lab] if r not in used]
-        if len(free) < cfg.shots + q:  # multi-label rows already drawn for an earlier label: take what is left
-            free = rows[lab]
+        if len(free) < cfg.shots + q:  # multi-label: earlier labels took its rows
+            continue
         chosen = rng.sample(free, cfg.shots + q)
         used.update(chosen)
+        classes.append(lab)
         support += chosen[:cfg.shots]
         queries += chosen[cfg.shots:]
+    rng.shuffle(support)
+    rng.shuffle(queries)
     return Episode(name, support, queries, classes)
 
 
@@ -104,9 +113,10 @@ class EpisodePlan:
     ``[(task, [position])]``, one item per episode; ``tasks_per_step`` episodes (``train.meta.tasks_per_episode``)
     per micro-step, ``train.grad_accum`` micro-steps per outer update.
 
-    Tasks are drawn uniformly (the meta-learning convention: every task's few-shot problem counts the same),
-    or by ``train.sampling`` when it is ``proportional``/``temperature`` (by their rows). An epoch is
-    ``train.meta.episodes_per_epoch`` episodes (default: as many as it takes to draw every training row once
+    Tasks are drawn uniformly — an episode has the same size whatever its task's size, so every task's few-shot
+    problem counts the same (the meta-learning convention; ``train.sampling: proportional``, the default, exists
+    to see every row once and has no meaning here) — or by ``n_t^(1/T)`` under ``train.sampling: temperature``.
+    An epoch is ``train.meta.episodes_per_epoch`` episodes (default: as many as it takes to draw every training row once
     into a support set, ``sum_t n_t / (ways x shots)``). Under several processes each takes its own episodes
     (every process the same count), and the outer update averages them."""
 
@@ -123,10 +133,7 @@ class EpisodePlan:
         return self.global_len // self.world_size
 
     def probabilities(self, epoch: int = 0) -> dict[str, float]:
-        mode = self.train_cfg.sampling
-        if mode == "proportional":
-            weights = {t: float(n) for t, n in self.sizes.items()}
-        elif mode == "temperature":
+        if self.train_cfg.sampling == "temperature":
             weights = {t: n ** (1.0 / self.train_cfg.temperature) for t, n in self.sizes.items()}
         else:
             weights = {t: 1.0 for t in self.sizes}
