@@ -42,7 +42,8 @@ SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in 
 
 def test_known_scripts_are_found():
     assert {"train_speed", "loop_overhead", "infer_speed", "precision", "char_alignment", "weighting_overhead",
-            "weighting_methods", "adversarial", "distill", "mutual", "lora", "continual", "fewshot"} <= set(SCRIPTS)
+            "weighting_methods", "adversarial", "distill", "mutual", "lora", "continual", "fewshot",
+            "serve_load"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.add_argument("--output", help="folder for report.json and report.md (default: the run folder)")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"],
+                   help="torch (the checkpoint) or an ONNX export run by onnxruntime")
+    e.add_argument("--license", help="licence written into MODEL_CARD.md (default: unknown)")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="predict every task for texts in a JSONL (or .txt) file, or given inline")
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="JSONL file to write (default: print JSON lines)")
     r.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
     r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"],
+                   help="torch (the checkpoint) or an ONNX export run by onnxruntime (see polytask serve)")
     r.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("compare", help="frozen probe vs single-task vs multi-task models of a config, over seeds")
@@ -148,13 +153,40 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--json", action="store_true", help="print the results as JSON")
     rb.set_defaults(func=cmd_robustness)
 
-    x = sub.add_parser("export", help="write a trained model for deployment: --merge folds a shared LoRA/IA3 "
-                                      "adapter into the encoder (a plain checkpoint)")
+    x = sub.add_parser("export", help="write a trained model for deployment: --format onnx (one graph, every "
+                                      "task's logits), --merge (a shared LoRA/IA3 adapter folded into the encoder)")
     x.add_argument("run", help="run folder (its best/ checkpoint) or a checkpoint folder")
+    x.add_argument("--format", choices=["onnx"], help="onnx: an ONNX graph verified against PyTorch on real inputs")
+    x.add_argument("--quantize", choices=["int8"], help="with --format onnx: also write an int8 graph "
+                                                        "(onnxruntime dynamic quantisation) and score it")
     x.add_argument("--merge", action="store_true", help="merge the adapter into the encoder's weights")
-    x.add_argument("--output", required=True, help="folder for the exported checkpoint")
+    x.add_argument("--output", help="folder to write (default: <run>/onnx, <run>/merged)")
+    x.add_argument("--tolerance", type=float, default=1e-3,
+                   help="--format onnx: largest |PyTorch - ONNX| logit difference allowed (default 1e-3)")
+    x.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                   help="--format onnx: the split PyTorch, ONNX and int8 are scored on (default test)")
+    x.add_argument("--license", help="licence written into MODEL_CARD.md (default: unknown)")
     x.add_argument("--overwrite", action="store_true", help="replace --output if it holds files")
     x.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="an HTTP endpoint (FastAPI): POST /predict answers every task in one "
+                                      "micro-batched encoder pass; /health, /metadata, /metrics")
+    sv.add_argument("run", help="run folder, checkpoint folder, or (--backend onnx) an ONNX export folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--tasks", help="comma-separated tasks to serve (default: all)")
+    sv.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"],
+                    help="torch (the checkpoint), onnx (an export's int8 graph if it has one, else fp32), onnx-fp32")
+    sv.add_argument("--max-batch", type=int, default=32, help="inputs per encoder pass (1: no micro-batching)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long a request waits for others to share its pass (default 5)")
+    sv.add_argument("--max-texts", type=int, default=256, help="inputs per request (more: 413)")
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (more: 413)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    sv.add_argument("--threads", type=int, help="torch / onnxruntime threads per worker (default: cores / workers)")
+    sv.add_argument("--token-file", help="file holding a bearer token that every request but /health must send")
+    sv.add_argument("--access-log", action="store_true", help="log every request line")
+    sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("datasets", help="list built-in datasets")
     d.add_argument("--json", action="store_true")
@@ -229,15 +261,19 @@ def cmd_adapt(args) -> int:
 def cmd_evaluate(args) -> int:
     from polytask.evaluate.report import evaluate_checkpoint, metric_choice, results_json, summary_rows, write_report
     from polytask.model.adapters import summary_line
-    from polytask.predict import Predictor, checkpoint_dir
+    from polytask.predict import Predictor, checkpoint_dir, load
 
-    ckpt = checkpoint_dir(args.run)
-    predictor = Predictor(ckpt)
+    if args.backend == "torch":
+        ckpt = checkpoint_dir(args.run)
+        predictor = Predictor(ckpt)
+    else:
+        predictor = load(args.run, backend=args.backend)
+        ckpt = predictor.path
     results = evaluate_checkpoint(predictor, args.split, args.batch_size)
     if not any(k in predictor.tasks for k in results):
         raise UserError(f"no task of {ckpt} has a {args.split} split")
     out_dir = Path(args.output) if args.output else (ckpt.parent if ckpt.name in ("best", "last") else ckpt)
-    json_path, md_path = write_report(results, predictor, args.split, out_dir)
+    json_path, md_path = write_report(results, predictor, args.split, out_dir, license=args.license)
     if args.json:
         print(results_json(results))
     else:
@@ -245,11 +281,13 @@ def cmd_evaluate(args) -> int:
         for name, typ, shown in summary_rows(results, predictor.tasks):
             print(f"  {name} [{typ}]: {shown}")
         print(f"  mean of main metrics: {results['mean']:.4f}")
-        print(f"  model: {summary_line(json.loads(json_path.read_text())['model'])}")
+        model_info = json.loads(json_path.read_text()).get("model")
+        if model_info:
+            print(f"  model: {summary_line(model_info)}")
         for name, task in predictor.tasks.items():
             if name in results:
                 print(f"  {metric_choice(name, task)}")
-        print(f"reports: {json_path}, {md_path}")
+        print(f"reports: {json_path}, {md_path}, {md_path.parent / 'MODEL_CARD.md'}")
     return 0
 
 
@@ -296,14 +334,14 @@ def read_inputs(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def cmd_predict(args) -> int:
-    from polytask.predict import Predictor
+    from polytask.predict import load
 
     if args.text is not None:
         records = [{"text": t} for t in args.text]
         where = [f"--text {i}" for i in range(1, len(records) + 1)]
     else:
         records, where = read_inputs(Path(args.input))
-    predictor = Predictor(args.checkpoint)
+    predictor = load(args.checkpoint, backend=args.backend)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     preds = predictor.predict(records, tasks=tasks, batch_size=args.batch_size, where=where)
     if not args.output:
@@ -357,15 +395,71 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from polytask.errors import NotSupportedError
     from polytask.export import export_merged
+    from polytask.predict import checkpoint_dir
 
+    if args.format == "onnx":
+        from polytask.export.onnx import export_onnx, print_summary
+
+        if args.merge:
+            print("polytask: --format onnx exports a shared LoRA/IA3 run merged anyway; --merge is implied",
+                  file=sys.stderr)
+        print_summary(export_onnx(args.run, args.output, quantize=args.quantize, tolerance=args.tolerance,
+                                  overwrite=args.overwrite, split=args.split, license=args.license))
+        return 0
+    if args.quantize:
+        raise UserError("--quantize needs --format onnx")
     if not args.merge:
-        raise NotSupportedError("polytask export: only --merge (a plain checkpoint with the adapter merged) is "
-                                "available; ONNX export is not supported yet")
-    out = export_merged(args.run, args.output, overwrite=args.overwrite)
+        raise UserError("polytask export: say what to write: --format onnx (an ONNX graph) or --merge (a plain "
+                        "checkpoint with a LoRA/IA3 adapter merged)")
+    ckpt = checkpoint_dir(args.run)
+    output = args.output or (ckpt.parent if ckpt.name in ("best", "last") else ckpt) / "merged"
+    out = export_merged(args.run, output, overwrite=args.overwrite)
     print(f"merged checkpoint written to {out}")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from polytask.serve import ServeSettings, serve
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    settings = ServeSettings(path=args.run, backend=args.backend, tasks=tasks, max_batch=args.max_batch,
+                             max_wait_ms=args.max_wait_ms, max_texts=args.max_texts,
+                             max_body_bytes=args.max_body_bytes, threads=threads, token_file=args.token_file)
+    check_servable(settings)
+    print(f"polytask serve: {args.run} ({args.backend}) on http://{args.host}:{args.port} — POST /predict, "
+          f"GET /health /metadata /metrics; {args.workers} worker(s), {threads} thread(s) each, micro-batches of up "
+          f"to {args.max_batch} inputs / {args.max_wait_ms:g} ms", file=sys.stderr, flush=True)
+    serve(settings, args.host, args.port, args.workers, access_log=args.access_log)
+    return 0
+
+
+def check_servable(settings) -> None:
+    """Fail before the server starts on what can be checked without loading the model: the path, the tasks, the
+    limits, the token file."""
+    from polytask.model.io import read_meta
+    from polytask.predict import checkpoint_dir
+
+    if settings.backend == "torch":
+        folder = checkpoint_dir(settings.path)
+    else:
+        from polytask.export.onnx import onnx_file, require_onnx
+
+        require_onnx()
+        folder = onnx_file(settings.path, int8=False if settings.backend == "onnx-fp32" else None).parent
+    known = list(read_meta(folder)["tasks"])
+    unknown = [t for t in settings.tasks or [] if t not in known]
+    if unknown:
+        raise UserError(f"--tasks: unknown task(s) {', '.join(unknown)}; {folder} has: {', '.join(known)}")
+    for name in ("max_batch", "max_texts", "max_body_bytes"):
+        if getattr(settings, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
+    if settings.max_wait_ms < 0:
+        raise UserError(f"--max-wait-ms must be 0 or more, got {settings.max_wait_ms}")
+    settings.read_token()
 
 
 def cmd_datasets(args) -> int:

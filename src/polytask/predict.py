@@ -46,6 +46,10 @@ class Predictor:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.path = checkpoint_dir(path)
         self.device = device
+        self.backend = "torch"
+        if not (self.path / "config.json").is_file() and (self.path / "onnx.json").is_file():
+            raise UserError(f"{self.path} is an ONNX export, not a checkpoint: load it with backend onnx "
+                            "(polytask.load(path, backend='onnx'), --backend onnx)")
         self.config, self.tasks, self.tokenizer, self.model = load_checkpoint(self.path, device)
         if self.config.train.meta.enabled:
             import sys
@@ -60,6 +64,7 @@ class Predictor:
         """A Predictor over a checkpoint already in memory (``load_checkpoint``'s four parts), read from disk no
         second time; the model is moved to ``device`` (default: where its parameters are) and put in eval mode."""
         self = cls.__new__(cls)
+        self.backend = "torch"
         self.path = Path(path)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.config, self.tasks, self.tokenizer, self.model = config, tasks, tokenizer, model.to(self.device).eval()
@@ -127,6 +132,14 @@ class Predictor:
         return record
 
 
-def load(path: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """Load a checkpoint (or a run folder's ``best/``) for prediction."""
-    return Predictor(path, device)
+def load(path: str | Path, device: str | torch.device | None = None, backend: str = "torch") -> Predictor:
+    """Load a checkpoint (or a run folder's ``best/``) for prediction. ``backend="onnx"``: an ONNX export folder
+    (``polytask export RUN --format onnx``; its int8 graph when it has one) run by onnxruntime on the CPU, with the
+    same decoding; ``"onnx-fp32"``: its fp32 graph."""
+    if backend == "torch":
+        return Predictor(path, device)
+    if backend in ("onnx", "onnx-fp32"):
+        from polytask.export.onnx import load_onnx
+
+        return load_onnx(path, int8=False if backend == "onnx-fp32" else None)
+    raise UserError(f"backend {backend!r}: choose torch, onnx or onnx-fp32")

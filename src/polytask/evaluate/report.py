@@ -24,15 +24,27 @@ def evaluate_checkpoint(predictor: Predictor, split: str = "test", batch_size: i
     return results
 
 
-def write_report(results: dict[str, Any], predictor: Predictor, split: str, out_dir: Path) -> tuple[Path, Path]:
+def write_report(results: dict[str, Any], predictor: Predictor, split: str, out_dir: Path,
+                 license: str | None = None) -> tuple[Path, Path]:
+    """``report.json``, ``report.md`` and the model card ``MODEL_CARD.md`` (this split's results) in ``out_dir``."""
+    import torch
+
+    from polytask.evaluate.card import model_card
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"checkpoint": str(predictor.path), "split": split, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "model": model_summary(predictor.model, predictor.config, predictor.path / WEIGHTS_FILE)}
+    meta = {"checkpoint": str(predictor.path), "split": split, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    backend = getattr(predictor, "backend", "torch")
+    if isinstance(predictor.model, torch.nn.Module):
+        meta["model"] = model_summary(predictor.model, predictor.config, predictor.path / WEIGHTS_FILE)
+    else:
+        meta["backend"] = backend
     main = {name: {"metric": task.main_metric, "reason": task.metric_reason}
             for name, task in predictor.tasks.items() if name in results}
     write_json(out_dir / "report.json", {**meta, "main_metrics": main, "results": results})
     md = out_dir / "report.md"
     md.write_text(markdown_report(results, predictor, split, meta), encoding="utf-8")
+    (out_dir / "MODEL_CARD.md").write_text(model_card(predictor.config, predictor.tasks, {split: results},
+                                                      artefact=backend, license=license), encoding="utf-8")
     return out_dir / "report.json", md
 
 

@@ -1,0 +1,281 @@
+"""polytask serve: every endpoint, every error code with its message, token auth, micro-batching that hands each
+caller its own answers (equal to predict's), isolation of a bad request, draining on shutdown, the onnx backend,
+and the CLI's early refusals."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+import polytask
+from polytask.cli import main
+from polytask.errors import UserError
+from polytask.serve import MicroBatcher, ServeSettings, create_app
+from tests.test_onnx import toy_run
+
+RECORD = {"text": "show me flights from boston to denver good", "words": ["show", "me", "boston", "good"]}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_encoder) -> Path:
+    return toy_run(tmp_path_factory.mktemp("serve"), tiny_encoder, kinds=("classification", "multilabel", "token"))
+
+
+def ready(client: TestClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/health").json()
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    with TestClient(create_app(ServeSettings(path=str(run), max_texts=8, max_body_bytes=4000))) as c:
+        ready(c)
+        yield c
+
+
+def texts(n: int, offset: int = 0) -> list[str]:
+    cities = ["boston", "denver", "dallas", "miami", "seattle", "chicago"]
+    return [f"show me {cities[(i + offset) % 6]} flights {'good' if i % 3 else 'bad'} {'now ' * (i % 4)}".strip()
+            for i in range(n)]
+
+
+def test_predict_answers_like_predict_and_metadata_and_metrics_describe_the_server(client, run):
+    want = polytask.load(run).predict([RECORD])
+    r = client.post("/predict", json={"inputs": [RECORD]})
+    assert r.status_code == 200
+    got = r.json()["predictions"]
+    assert got[0]["text"] == RECORD["text"] and got[0]["words"] == RECORD["words"]  # the input, then the answers
+    for task in ("classification", "multilabel", "token"):
+        assert set(got[0][task]) == set(want[0][task]), task
+    assert got[0]["classification"]["label"] == want[0]["classification"]["label"]
+    assert got[0]["token"]["tags"] == want[0]["token"]["tags"] and got[0]["token"]["spans"] == want[0]["token"]["spans"]
+    subset = client.post("/predict", json={"texts": ["cheap miami now bad"], "tasks": ["multilabel"]}).json()
+    assert set(subset["predictions"][0]) == {"text", "multilabel"}
+    meta = client.get("/metadata").json()
+    assert meta["backend"] == "torch" and meta["precision"] == "fp32" and meta["max_length"] == 32
+    assert set(meta["tasks"]) == {"classification", "multilabel", "token"}
+    assert meta["tasks"]["classification"]["labels"] == ["neg", "pos"]
+    assert meta["limits"]["max_texts"] == 8
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("polytask_requests_total", "polytask_request_latency_seconds_bucket", "polytask_batch_size_bucket",
+                 "polytask_queue_depth", "polytask_errors_total"):
+        assert name in metrics.text, name
+    assert 'polytask_requests_total{endpoint="/predict",status="200"}' in metrics.text
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b'{"texts": ["a",', 422, "invalid JSON"),
+    (b"\xff\xfe", 422, "not UTF-8"),
+    (b'["a"]', 422, "must be a JSON object"),
+    (b'{"texts": "a"}', 422, '"texts" must be a list'),
+    (b'{"texts": []}', 422, '"texts" is empty'),
+    (b'{"texts": ["ok", 3]}', 422, "texts[1] must be a string, got int"),
+    (b'{"texts": ["ok", "  "]}', 422, "texts[1]: empty text"),
+    (b'{"inputs": ["a"]}', 422, "inputs[0] must be an object"),
+    (b'{"inputs": [{"title": "a"}]}', 422, "missing column 'text'"),
+    (b'{"texts": ["a"], "inputs": [{"text": "a"}]}', 422, "exactly one of"),
+    (b'{"texts": ["a"], "lang": "en"}', 422, "unknown field(s) lang"),
+    (b'{"texts": ["a"], "tasks": ["nope"]}', 422, "unknown task(s) nope; this server answers"),
+    (b'{"texts": ["a"], "tasks": "token"}', 422, '"tasks" must be a non-empty list'),
+    (b'{"texts": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}', 413, "limit is 8 per request"),
+    (b'{"texts": ["' + b"a" * 5000 + b'"]}', 413, "the limit is 4000"),
+])
+def test_every_bad_request_gets_its_code_and_a_message(client, body, status, message):
+    r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    assert message in r.json()["error"]["message"] and r.json()["error"]["status"] == status
+    assert client.post("/predict", json={"texts": ["still fine"]}).status_code == 200  # the worker lives on
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    assert client.get("/nope").json()["error"]["status"] == 404
+    assert client.get("/predict").status_code == 405 and "error" in client.get("/predict").json()
+
+
+def test_health_waits_for_the_model_and_reports_a_failed_load(run, tmp_path):
+    gate = threading.Event()
+
+    def slow(settings):
+        gate.wait(30)
+        from polytask.serve.app import load_predictor
+
+        return load_predictor(settings)
+
+    with TestClient(create_app(ServeSettings(path=str(run), ready_wait_s=0), loader=slow)) as c:
+        assert c.get("/health").status_code == 503 and c.get("/health").json()["status"] == "loading"
+        r = c.post("/predict", json={"texts": ["a"]})
+        assert r.status_code == 503 and "not ready" in r.json()["error"]["message"]
+        gate.set()
+        ready(c)
+        assert c.get("/health").json() == {"status": "ok"}
+    gate.clear()
+    with TestClient(create_app(ServeSettings(path=str(run), ready_wait_s=30), loader=slow)) as c:
+        threading.Timer(0.3, gate.set).start()
+        r = c.post("/predict", json={"texts": ["a"]})  # waits for the model rather than failing
+        assert r.status_code == 200 and r.json()["predictions"][0]["text"] == "a"
+
+    def broken(settings):
+        raise UserError("weights damaged")
+
+    with TestClient(create_app(ServeSettings(path=str(run)), loader=broken)) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/health").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.get("/health").status_code == 503
+        assert c.get("/health").json() == {"status": "failed", "error": "weights damaged"}
+
+
+def test_a_bearer_token_guards_everything_but_health(run, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    with TestClient(create_app(ServeSettings(path=str(run), token_file=str(token)))) as c:
+        ready(c)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+            r = c.post("/predict", json={"texts": ["a"]}, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert "bearer token" in r.json()["error"]["message"] and "s3cret" not in r.text
+            assert c.get("/metadata", headers=headers).status_code == 401
+            assert c.get("/metrics", headers=headers).status_code == 401
+        good = {"Authorization": "Bearer s3cret-token"}
+        assert c.post("/predict", json={"texts": ["a"]}, headers=good).status_code == 200
+        assert c.get("/metadata", headers=good).status_code == 200
+        assert c.get("/metrics", headers=good).status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answers(run):
+    """A real server on a loopback port, 24 callers at once: every answer belongs to its request and equals
+    predict's for that text alone, and the inference thread ran batches of more than one request."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(ServeSettings(path=str(run), max_batch=16, max_wait_ms=50))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        batch = texts(24)
+        want = polytask.load(run).predict(batch)
+        start = threading.Barrier(24)
+
+        def call(i: int) -> dict:
+            start.wait()
+            body = {"texts": [batch[i]]} if i % 2 else {"inputs": [{"text": batch[i]}], "tasks": ["token"]}
+            r = httpx.post(url + "/predict", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["predictions"][0]
+
+        with ThreadPoolExecutor(24) as pool:
+            got = list(pool.map(call, range(24)))
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert g["text"] == batch[i]
+            assert g["token"]["tags"] == w["token"]["tags"], i
+            if i % 2:
+                assert g["classification"]["label"] == w["classification"]["label"], i
+                assert g["classification"]["score"] == pytest.approx(w["classification"]["score"], abs=1e-4)
+            else:
+                assert set(g) == {"text", "token"}
+        metrics = httpx.get(url + "/metrics").text
+        single = float(next(line.split()[-1] for line in metrics.splitlines()
+                            if line.startswith('polytask_batch_size_bucket{le="1.0"}')))
+        total = float(next(line.split()[-1] for line in metrics.splitlines()
+                           if line.startswith("polytask_batch_size_count")))
+        assert total < 24 and single < total  # fewer passes than requests: some carried several callers
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+class FakePredictor:
+    """Records each batch it is given; fails a batch holding the text 'boom'."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls: list[list[str]] = []
+        self.delay = delay
+
+    def predict(self, records, tasks=None, batch_size=32, where=None):
+        self.calls.append([r["text"] for r in records])
+        time.sleep(self.delay)
+        if any(r["text"] == "boom" for r in records):
+            raise UserError(f"{where[0]}: boom is not a text")
+        return [{"echo": r["text"], "tasks": tasks} for r in records]
+
+
+def test_a_bad_request_fails_alone_and_tasks_subsets_are_kept_apart():
+    fake = FakePredictor()
+    batcher = MicroBatcher(fake, max_batch=8, max_wait_ms=200)
+    futures = [batcher.submit([{"text": t}], tasks) for t, tasks in
+               (("a", None), ("boom", None), ("b", None), ("c", ["x"]))]
+    batcher.start()
+    assert futures[0].result(10) == [{"echo": "a", "tasks": None}]
+    assert futures[2].result(10) == [{"echo": "b", "tasks": None}]
+    assert futures[3].result(10) == [{"echo": "c", "tasks": ["x"]}]
+    with pytest.raises(UserError, match="boom"):
+        futures[1].result(10)
+    batcher.stop()
+    assert sorted(fake.calls[0]) == ["a", "b", "boom"]  # batched together first, then retried one by one
+
+
+def test_max_batch_caps_a_pass_and_stop_drains_every_queued_request():
+    fake = FakePredictor(delay=0.05)
+    batcher = MicroBatcher(fake, max_batch=3, max_wait_ms=100)
+    futures = [batcher.submit([{"text": str(i)}]) for i in range(7)]
+    batcher.start()
+    batcher.stop()  # asked to stop at once: still answers all seven
+    assert [f.result(0)[0]["echo"] for f in futures] == [str(i) for i in range(7)]
+    assert max(len(c) for c in fake.calls) <= 3 and sum(len(c) for c in fake.calls) == 7
+    with pytest.raises(RuntimeError, match="shutting down"):
+        batcher.submit([{"text": "late"}])
+
+
+def test_the_onnx_backend_serves_the_same_answers(run, tmp_path):
+    out = tmp_path / "onnx"
+    assert main(["export", str(run), "--format", "onnx", "--output", str(out)]) == 0
+    with TestClient(create_app(ServeSettings(path=str(out), backend="onnx"))) as c:
+        ready(c)
+        assert c.get("/metadata").json()["backend"] == "onnx"
+        got = c.post("/predict", json={"texts": texts(3)}).json()["predictions"]
+    want = polytask.load(run).predict(texts(3))
+    for g, w in zip(got, want):
+        assert g["token"]["tags"] == w["token"]["tags"] and g["multilabel"]["labels"] == w["multilabel"]["labels"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "nope"], "unknown task(s) nope"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--max-batch", "0"], "--max-batch must be at least 1"),
+    (["--token-file", "EMPTY"], "is empty"),
+    (["--backend", "onnx"], "is not an ONNX export"),
+])
+def test_serve_refuses_bad_arguments_before_starting(run, tmp_path, capsys, args, message):
+    (tmp_path / "EMPTY").write_text("  \n")
+    args = [str(tmp_path / "EMPTY") if a == "EMPTY" else a for a in args]
+    assert main(["serve", str(run), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_refuses_a_missing_run(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "none")]) == 2
+    assert "no such run" in capsys.readouterr().err
