@@ -169,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="replace --output if it holds files")
     x.set_defaults(func=cmd_export)
 
+    ro = sub.add_parser("route", help="customer service: predict intent, slots and sentiment, then decide the queue, "
+                                      "a follow-up question or an escalation by a rules file")
+    ro.add_argument("run", help="run folder or checkpoint folder")
+    ro.add_argument("--rules", required=True, help="routing rules (YAML; see examples/recipes/customer_service)")
+    rsrc = ro.add_mutually_exclusive_group(required=True)
+    rsrc.add_argument("--input", help="JSONL with a 'text' field per line, or a .txt with a text per line")
+    rsrc.add_argument("--text", action="append", metavar="TEXT", help="a message (repeatable)")
+    ro.add_argument("--output", help="JSONL file to write (default: print JSON lines)")
+    ro.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
+    ro.add_argument("--batch-size", type=int, default=32)
+    ro.set_defaults(func=cmd_route)
+
     sv = sub.add_parser("serve", help="an HTTP endpoint (FastAPI): POST /predict answers every task in one "
                                       "micro-batched encoder pass; /health, /metadata, /metrics")
     sv.add_argument("run", help="run folder, checkpoint folder, or (--backend onnx) an ONNX export folder")
@@ -185,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
     sv.add_argument("--threads", type=int, help="torch / onnxruntime threads per worker (default: cores / workers)")
     sv.add_argument("--token-file", help="file holding a bearer token that every request but /health must send")
+    sv.add_argument("--rules", help="routing rules (YAML): adds POST /route (predictions + the routing decision)")
     sv.add_argument("--access-log", action="store_true", help="log every request line")
     sv.set_defaults(func=cmd_serve)
 
@@ -419,6 +432,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_route(args) -> int:
+    from polytask.predict import load
+    from polytask.recipes import RoutingRules, route
+
+    if args.text is not None:
+        records = [{"text": t} for t in args.text]
+        where = [f"--text {i}" for i in range(1, len(records) + 1)]
+    else:
+        records, where = read_inputs(Path(args.input))
+    predictor = load(args.run, backend=args.backend)
+    rules = RoutingRules.load(args.rules, predictor)
+    lines = [json.dumps({**rec, **r}, ensure_ascii=False)
+             for rec, r in zip(records, route(predictor, rules, records, args.batch_size, where))]
+    if not args.output:
+        print("\n".join(lines))
+        return 0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"wrote {len(lines)} routed messages to {out}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from polytask.serve import ServeSettings, serve
 
@@ -428,7 +466,8 @@ def cmd_serve(args) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     settings = ServeSettings(path=args.run, backend=args.backend, tasks=tasks, max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_texts=args.max_texts,
-                             max_body_bytes=args.max_body_bytes, threads=threads, token_file=args.token_file)
+                             max_body_bytes=args.max_body_bytes, threads=threads, token_file=args.token_file,
+                             rules=args.rules)
     check_servable(settings)
     print(f"polytask serve: {args.run} ({args.backend}) on http://{args.host}:{args.port} — POST /predict, "
           f"GET /health /metadata /metrics; {args.workers} worker(s), {threads} thread(s) each, micro-batches of up "
@@ -460,6 +499,10 @@ def check_servable(settings) -> None:
     if settings.max_wait_ms < 0:
         raise UserError(f"--max-wait-ms must be 0 or more, got {settings.max_wait_ms}")
     settings.read_token()
+    if settings.rules:
+        from polytask.recipes import RoutingRules
+
+        RoutingRules.load(settings.rules)  # the file itself; its labels are checked against the model on load
 
 
 def cmd_datasets(args) -> int:

@@ -8,7 +8,8 @@ Endpoints:
 - ``GET /health`` — 200 ``{"status": "ok"}`` once the model is loaded and warmed up, 503 before (or if loading
   failed, with the reason);
 - ``GET /metadata`` — tasks, label sets, encoder, versions, precision, backend, max length, limits;
-- ``GET /metrics`` — Prometheus text: requests by endpoint and status, latency, batch sizes, queue depth.
+- ``GET /metrics`` — Prometheus text: requests by endpoint and status, latency, batch sizes, queue depth;
+- ``POST /route`` (with ``--rules``) — as ``/predict`` for the rules' tasks, each item with its routing decision.
 
 Errors are JSON ``{"error": {"status": N, "message": "..."}}``: 413 for a body or a request over the limits, 422
 for invalid JSON, wrong types, empty texts or unknown tasks, 401 without the bearer token when one is set (compared
@@ -42,6 +43,7 @@ class ServeSettings:
     max_body_bytes: int = 1_000_000
     threads: int | None = None
     token_file: str | None = None  # a file holding the bearer token clients must send
+    rules: str | None = None  # a routing rules file: adds POST /route
     ready_wait_s: float = 60.0  # a /predict that arrives while the model loads waits this long before a 503
 
     def read_token(self) -> str | None:
@@ -94,6 +96,10 @@ def load_predictor(settings: ServeSettings):
     if settings.tasks:
         predictor._select(settings.tasks)  # unknown names are an error now, not at the first request
         predictor.tasks = {t: predictor.tasks[t] for t in settings.tasks}
+    if settings.rules:
+        from polytask.recipes import RoutingRules
+
+        predictor.rules = RoutingRules.load(settings.rules, predictor)
     return predictor
 
 
@@ -175,7 +181,8 @@ class State:
         return record
 
 
-def _records(body: Any, predictor, max_texts: int) -> tuple[list[dict[str, Any]], list[str] | None]:
+def _records(body: Any, predictor, max_texts: int, default_tasks: list[str] | None = None
+             ) -> tuple[list[dict[str, Any]], list[str] | None]:
     """The request's inputs as records and its task subset, or an ApiError that says what is wrong."""
     if not isinstance(body, dict):
         raise ApiError(422, 'the body must be a JSON object: {"texts": [...]} or {"inputs": [{...}, ...]}')
@@ -211,7 +218,7 @@ def _records(body: Any, predictor, max_texts: int) -> tuple[list[dict[str, Any]]
             raise ApiError(422, f"unknown task(s) {', '.join(missing)}; this server answers: "
                                 f"{', '.join(predictor.tasks)}")
         tasks = list(dict.fromkeys(tasks))
-    names = tasks or list(predictor.tasks)
+    names = tasks or default_tasks or list(predictor.tasks)
     where = [f"{key}[{i}]" for i in range(len(records))]
     for rec, w in zip(records, where):  # the Predictor's own reading: empty texts, wrong types, missing columns
         for name in names:
@@ -314,45 +321,60 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
         state.metrics.requests.labels("/metrics", "200").inc()
         return Response(state.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/predict")
-    async def predict(request: Request):
+    async def answer(request: Request, endpoint: str, routed: bool):
         start = time.perf_counter()
         if not authorised(request):
-            return error(401, "missing or wrong bearer token (Authorization: Bearer ...)", "/predict")
+            return error(401, "missing or wrong bearer token (Authorization: Bearer ...)", endpoint)
         if state.status == "loading" and settings.ready_wait_s > 0:  # e.g. one of several workers still loading
             await asyncio.get_running_loop().run_in_executor(None, state.ready.wait, settings.ready_wait_s)
         if state.status != "ok":
             return error(503, f"not ready: {state.status}" + (f" ({state.error})" if state.error else ""),
-                         "/predict")
+                         endpoint)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return error(413, f"the body is {declared} bytes; the limit is {settings.max_body_bytes}", "/predict")
+            return error(413, f"the body is {declared} bytes; the limit is {settings.max_body_bytes}", endpoint)
         raw = b""
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > settings.max_body_bytes:
-                return error(413, f"the body is over the limit of {settings.max_body_bytes} bytes", "/predict")
+                return error(413, f"the body is over the limit of {settings.max_body_bytes} bytes", endpoint)
         try:
             body = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            return error(422, f"the body is not UTF-8 ({e.reason} at byte {e.start})", "/predict")
+            return error(422, f"the body is not UTF-8 ({e.reason} at byte {e.start})", endpoint)
         except json.JSONDecodeError as e:
-            return error(422, f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}", "/predict")
+            return error(422, f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}", endpoint)
+        rules = getattr(state.predictor, "rules", None) if routed else None
         try:
-            records, tasks = _records(body, state.predictor, settings.max_texts)
-            future = state.batcher.submit(records, tasks)
+            if routed and isinstance(body, dict) and "tasks" in body:
+                raise ApiError(422, "/route answers the tasks its rules name; leave out \"tasks\"")
+            records, tasks = _records(body, state.predictor, settings.max_texts,
+                                      rules.tasks_needed() if rules else None)
+            future = state.batcher.submit(records, rules.tasks_needed() if rules else tasks)
         except ApiError as e:
-            return error(e.status, e.message, "/predict")
+            return error(e.status, e.message, endpoint)
         except RuntimeError as e:  # shutting down
-            return error(503, str(e), "/predict")
+            return error(503, str(e), endpoint)
         try:
             preds = await asyncio.wrap_future(future)
         except UserError as e:
-            return error(422, str(e), "/predict")
+            return error(422, str(e), endpoint)
+        if rules:
+            preds = [{**p, "route": rules.decide(p)} for p in preds]
         out = [{**rec, **p} for rec, p in zip(records, preds)]
-        state.metrics.requests.labels("/predict", "200").inc()
+        state.metrics.requests.labels(endpoint, "200").inc()
         state.metrics.latency.observe(time.perf_counter() - start)
         return JSONResponse({"predictions": out})
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        return await answer(request, "/predict", routed=False)
+
+    if settings.rules:
+        @app.post("/route")
+        async def route(request: Request):
+            """Predictions of the rules' tasks plus each message's routing decision (``"route"``)."""
+            return await answer(request, "/route", routed=True)
 
     return app
 
