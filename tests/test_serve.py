@@ -88,6 +88,8 @@ def test_predict_answers_like_predict_and_metadata_and_metrics_describe_the_serv
     (b'{"texts": ["a"], "tasks": "token"}', 422, '"tasks" must be a non-empty list'),
     (b'{"texts": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}', 413, "limit is 8 per request"),
     (b'{"texts": ["' + b"a" * 5000 + b'"]}', 413, "the limit is 4000"),
+    (b'{"inputs": [{"text": "a", "x": NaN}]}', 422, "NaN is not a number JSON allows"),
+    (b'{"texts": ' + b"[" * 1900 + b"]" * 1900 + b"}", 422, "invalid JSON"),
 ])
 def test_every_bad_request_gets_its_code_and_a_message(client, body, status, message):
     r = client.post("/predict", content=body, headers={"content-type": "application/json"})
@@ -97,8 +99,11 @@ def test_every_bad_request_gets_its_code_and_a_message(client, body, status, mes
 
 
 def test_unknown_routes_and_methods_answer_json(client):
-    assert client.get("/nope").json()["error"]["status"] == 404
+    for i in range(3):
+        assert client.get(f"/nope-{i}").json()["error"]["status"] == 404
     assert client.get("/predict").status_code == 405 and "error" in client.get("/predict").json()
+    metrics = client.get("/metrics").text  # unknown URLs share one label: no client can grow the series
+    assert 'endpoint="unmatched",status="404"} 3.0' in metrics and "nope" not in metrics
 
 
 def test_health_waits_for_the_model_and_reports_a_failed_load(run, tmp_path):
@@ -153,17 +158,17 @@ def test_a_bearer_token_guards_everything_but_health(run, tmp_path):
 
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answers(run):
     """A real server on a loopback port, 24 callers at once: every answer belongs to its request and equals
-    predict's for that text alone, and the inference thread ran batches of more than one request."""
+    predict's for that text alone."""
     import socket
 
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound here and handed over: no other process can take the port in between
+    port = sock.getsockname()[1]
     app = create_app(ServeSettings(path=str(run), max_batch=16, max_wait_ms=50))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -198,18 +203,19 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answers(ru
             else:
                 assert set(g) == {"text", "token"}
         metrics = httpx.get(url + "/metrics").text
-        single = float(next(line.split()[-1] for line in metrics.splitlines()
-                            if line.startswith('polytask_batch_size_bucket{le="1.0"}')))
         total = float(next(line.split()[-1] for line in metrics.splitlines()
-                           if line.startswith("polytask_batch_size_count")))
-        assert total < 24 and single < total  # fewer passes than requests: some carried several callers
+                           if line.startswith("polytask_batch_size_sum")))
+        assert total == 24  # every input went through the inference thread once
     finally:
         server.should_exit = True
         thread.join(30)
+        sock.close()
 
 
 class FakePredictor:
-    """Records each batch it is given; fails a batch holding the text 'boom'."""
+    """Records each batch it is given; fails a batch holding the text 'boom'. Its tasks: x and y."""
+
+    TASKS = ("x", "y")
 
     def __init__(self, delay: float = 0.0):
         self.calls: list[list[str]] = []
@@ -220,7 +226,7 @@ class FakePredictor:
         time.sleep(self.delay)
         if any(r["text"] == "boom" for r in records):
             raise UserError(f"{where[0]}: boom is not a text")
-        return [{"echo": r["text"], "tasks": tasks} for r in records]
+        return [{"echo": r["text"], "tasks": tasks, **{t: t for t in (tasks or self.TASKS)}} for r in records]
 
 
 def test_a_bad_request_fails_alone_and_tasks_subsets_are_kept_apart():
@@ -229,13 +235,41 @@ def test_a_bad_request_fails_alone_and_tasks_subsets_are_kept_apart():
     futures = [batcher.submit([{"text": t}], tasks) for t, tasks in
                (("a", None), ("boom", None), ("b", None), ("c", ["x"]))]
     batcher.start()
-    assert futures[0].result(10) == [{"echo": "a", "tasks": None}]
-    assert futures[2].result(10) == [{"echo": "b", "tasks": None}]
-    assert futures[3].result(10) == [{"echo": "c", "tasks": ["x"]}]
+    assert futures[0].result(10) == [{"echo": "a", "tasks": None, "x": "x", "y": "y"}]
+    assert futures[2].result(10) == [{"echo": "b", "tasks": None, "x": "x", "y": "y"}]
+    assert futures[3].result(10) == [{"echo": "c", "tasks": ["x"], "x": "x"}]  # its own subset's pass
     with pytest.raises(UserError, match="boom"):
         futures[1].result(10)
     batcher.stop()
-    assert sorted(fake.calls[0]) == ["a", "b", "boom"]  # batched together first, then retried one by one
+    assert sorted(fake.calls[0]) == ["a", "b", "boom", "c"]  # one pass for the batch first ...
+    assert sorted(fake.calls[1]) == ["a", "b", "boom"]  # ... then per task subset, then one by one
+
+
+def test_requests_waiting_during_a_pass_share_the_next_one_and_each_keeps_its_tasks():
+    fake = FakePredictor(delay=0.3)
+    batcher = MicroBatcher(fake, max_batch=8, max_wait_ms=0).start()
+    first = batcher.submit([{"text": "first"}])
+    time.sleep(0.1)  # the first pass is running; these four queue up meanwhile
+    rest = [batcher.submit([{"text": f"t{i}"}], ["x"] if i % 2 else None) for i in range(4)]
+    assert first.result(10)[0]["echo"] == "first"
+    answers = [f.result(10)[0] for f in rest]
+    batcher.stop()
+    assert [len(c) for c in fake.calls] == [1, 4]  # one pass for all four, though they asked for different tasks
+    assert [a["echo"] for a in answers[::2]] == ["t0", "t2"]  # all tasks asked: the whole answer
+    assert answers[1] == answers[3] == {"x": "x"}  # only task x asked: only x, from the shared pass
+
+
+def test_a_cancelled_request_is_skipped_and_the_thread_lives_on():
+    fake = FakePredictor(delay=0.2)
+    batcher = MicroBatcher(fake, max_batch=1, max_wait_ms=0).start()
+    busy = batcher.submit([{"text": "busy"}])
+    time.sleep(0.05)
+    gone = batcher.submit([{"text": "gone"}])
+    assert gone.cancel()  # the caller gave up before its turn
+    after = batcher.submit([{"text": "after"}])
+    assert busy.result(10)[0]["echo"] == "busy" and after.result(10)[0]["echo"] == "after"
+    assert batcher.alive and "gone" not in [t for c in fake.calls for t in c]
+    batcher.stop()
 
 
 def test_max_batch_caps_a_pass_and_stop_drains_every_queued_request():

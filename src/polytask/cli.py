@@ -285,7 +285,12 @@ def cmd_evaluate(args) -> int:
     results = evaluate_checkpoint(predictor, args.split, args.batch_size)
     if not any(k in predictor.tasks for k in results):
         raise UserError(f"no task of {ckpt} has a {args.split} split")
-    out_dir = Path(args.output) if args.output else (ckpt.parent if ckpt.name in ("best", "last") else ckpt)
+    if args.output:
+        out_dir = Path(args.output)
+    elif args.backend != "torch":  # beside the export's own card, not over it
+        out_dir = ckpt / f"evaluate-{args.backend}"
+    else:
+        out_dir = ckpt.parent if ckpt.name in ("best", "last") else ckpt
     json_path, md_path = write_report(results, predictor, args.split, out_dir, license=args.license)
     if args.json:
         print(results_json(results))

@@ -18,6 +18,7 @@ with ``hmac.compare_digest``, never logged), 503 while loading or shutting down.
 
 
 import asyncio
+import contextlib
 import hmac
 import json
 import sys
@@ -68,6 +69,10 @@ class ServeSettings:
     @classmethod
     def from_env(cls, text: str) -> "ServeSettings":
         return cls(**json.loads(text))
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 class ApiError(Exception):
@@ -153,6 +158,8 @@ class State:
         self.batcher: MicroBatcher | None = None
         self.metrics = Metrics(settings.max_batch)
         self.ready = threading.Event()
+        self.loaded: asyncio.Event | None = None  # the same, for the event loop (set from the loading thread)
+        self.on_loaded: Callable[[], Any] | None = None
 
     def load(self, loader: Callable[[ServeSettings], Any]) -> None:
         try:
@@ -170,6 +177,9 @@ class State:
                   flush=True)
         finally:
             self.ready.set()
+            if self.on_loaded is not None:
+                with contextlib.suppress(RuntimeError):  # the app stopped before the model finished loading
+                    self.on_loaded()
 
     @staticmethod
     def _warm_input(predictor) -> dict[str, Any]:
@@ -182,8 +192,9 @@ class State:
 
 
 def _records(body: Any, predictor, max_texts: int, default_tasks: list[str] | None = None
-             ) -> tuple[list[dict[str, Any]], list[str] | None]:
-    """The request's inputs as records and its task subset, or an ApiError that says what is wrong."""
+             ) -> tuple[list[dict[str, Any]], list[str] | None, list[str]]:
+    """The request's inputs as records, its task subset and each input's name in messages (``texts[3]``), or an
+    ApiError that says what is wrong."""
     if not isinstance(body, dict):
         raise ApiError(422, 'the body must be a JSON object: {"texts": [...]} or {"inputs": [{...}, ...]}')
     unknown = sorted(set(body) - {"texts", "inputs", "tasks"})
@@ -227,7 +238,7 @@ def _records(body: Any, predictor, max_texts: int, default_tasks: list[str] | No
                 task.read(predictor._view(rec, task), w, labelled=False)
             except UserError as e:
                 raise ApiError(422, f"task '{name}': {e}") from None
-    return records, tasks
+    return records, tasks, where
 
 
 def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] = load_predictor):
@@ -245,6 +256,9 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
 
     @asynccontextmanager
     async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        state.loaded = asyncio.Event()
+        state.on_loaded = lambda: loop.call_soon_threadsafe(state.loaded.set)
         threading.Thread(target=state.load, args=(loader,), name="polytask-load", daemon=True).start()
         yield
         state.status = "stopping"
@@ -268,20 +282,27 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
         scheme, _, given_token = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given_token.strip().encode(), token.encode())
 
+    def endpoint_of(request: Request) -> str:
+        """The route's path for metrics labels; any unknown URL is one label, so no client can grow the series."""
+        route = request.scope.get("route")
+        return getattr(route, "path", "unmatched")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail), request.url.path)
+        return error(exc.status_code, str(exc.detail), endpoint_of(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return error(422, str(exc.errors()[:3]), request.url.path)
+        return error(422, str(exc.errors()[:3]), endpoint_of(request))
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):  # never a traceback page, never a dead worker
-        return error(500, f"internal error: {type(exc).__name__}: {exc}", request.url.path)
+    async def internal_error(request: Request, exc: Exception):  # a JSON 500, never a dead worker
+        return error(500, f"internal error: {type(exc).__name__}", endpoint_of(request))
 
     @app.get("/health")
     async def health():
+        if state.status == "ok" and not state.batcher.alive:  # should never happen; then say so
+            state.status, state.error = "failed", "the inference thread stopped"
         body: dict[str, Any] = {"status": state.status}
         if state.error:
             body["error"] = state.error
@@ -326,7 +347,8 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
         if not authorised(request):
             return error(401, "missing or wrong bearer token (Authorization: Bearer ...)", endpoint)
         if state.status == "loading" and settings.ready_wait_s > 0:  # e.g. one of several workers still loading
-            await asyncio.get_running_loop().run_in_executor(None, state.ready.wait, settings.ready_wait_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(state.loaded.wait(), settings.ready_wait_s)
         if state.status != "ok":
             return error(503, f"not ready: {state.status}" + (f" ({state.error})" if state.error else ""),
                          endpoint)
@@ -339,18 +361,20 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
             if len(raw) > settings.max_body_bytes:
                 return error(413, f"the body is over the limit of {settings.max_body_bytes} bytes", endpoint)
         try:
-            body = json.loads(raw.decode("utf-8"))
+            body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except UnicodeDecodeError as e:
             return error(422, f"the body is not UTF-8 ({e.reason} at byte {e.start})", endpoint)
         except json.JSONDecodeError as e:
             return error(422, f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}", endpoint)
+        except (ValueError, RecursionError) as e:  # NaN/Infinity, a huge integer, absurd nesting
+            return error(422, f"invalid JSON: {str(e)[:200]}", endpoint)
         rules = getattr(state.predictor, "rules", None) if routed else None
         try:
             if routed and isinstance(body, dict) and "tasks" in body:
                 raise ApiError(422, "/route answers the tasks its rules name; leave out \"tasks\"")
-            records, tasks = _records(body, state.predictor, settings.max_texts,
-                                      rules.tasks_needed() if rules else None)
-            future = state.batcher.submit(records, rules.tasks_needed() if rules else tasks)
+            records, tasks, where = _records(body, state.predictor, settings.max_texts,
+                                             rules.tasks_needed() if rules else None)
+            future = state.batcher.submit(records, rules.tasks_needed() if rules else tasks, where)
         except ApiError as e:
             return error(e.status, e.message, endpoint)
         except RuntimeError as e:  # shutting down

@@ -50,6 +50,7 @@ class MicroBatcher:
         self._carry: Job | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._lock = threading.Lock()  # a submit is queued before the stop marker, or refused
 
     def start(self) -> MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="polytask-inference", daemon=True)
@@ -58,12 +59,17 @@ class MicroBatcher:
 
     def submit(self, records: list[dict[str, Any]], tasks: list[str] | None = None,
                where: list[str] | None = None) -> Future:
-        if self._stopping:
-            raise RuntimeError("the server is shutting down")
         job = Job(records, tuple(tasks) if tasks else None,
                   where or [f"input {i + 1}" for i in range(len(records))])
-        self._queue.put(job)
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            self._queue.put(job)
         return job.future
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def pending(self) -> int:
@@ -71,8 +77,9 @@ class MicroBatcher:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish every request already queued, then end the inference thread."""
-        self._stopping = True
-        self._queue.put(None)
+        with self._lock:
+            self._stopping = True
+            self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -108,47 +115,64 @@ class MicroBatcher:
     def _run(self) -> None:
         while True:
             jobs, stop = self._gather()
+            # a caller that gave up (its future cancelled) is skipped; the others are marked running
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             if jobs:
-                self._serve(jobs)
+                try:
+                    self._serve(jobs)
+                except Exception as e:  # noqa: BLE001 - the thread must outlive any one batch
+                    for job in jobs:
+                        _settle(job, error=e)
             if stop:
-                while True:  # anything submitted while stopping is still answered
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        return
-                    if job is not None:
-                        self._serve([job])
+                return
 
     def _serve(self, jobs: list[Job]) -> None:
+        """One pass for the whole batch: the union of the tasks asked for, each caller keeping its own. When a
+        record cannot be read for a task its caller did not ask for (a column that task needs), the batch falls
+        back to one pass per task subset, and a subset that still fails to one pass per request."""
+        subsets = {j.tasks for j in jobs}
+        union = None if None in subsets else tuple(dict.fromkeys(t for tasks in subsets for t in tasks))
+        if len(subsets) > 1 and self._try(jobs, union):
+            return
         groups: dict[tuple[str, ...] | None, list[Job]] = {}
         for job in jobs:
             groups.setdefault(job.tasks, []).append(job)
         for tasks, group in groups.items():
-            start = time.perf_counter()
-            try:
-                results = self._predict([r for j in group for r in j.records], tasks,
-                                        [w for j in group for w in j.where])
-            except Exception:  # noqa: BLE001 - isolate the request that caused it
+            if not self._try(group, tasks):
                 for job in group:
                     self._serve_one(job)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(sum(j.size for j in group), time.perf_counter() - start)
-            at = 0
-            for job in group:
-                job.future.set_result(results[at:at + job.size])
+
+    def _try(self, jobs: list[Job], tasks) -> bool:
+        """Predict ``tasks`` for every job of ``jobs`` in one pass and hand out the answers; False when the batch
+        fails (nothing is handed out then)."""
+        start = time.perf_counter()
+        try:
+            results = self._predict([r for j in jobs for r in j.records], tasks, [w for j in jobs for w in j.where])
+            answers, at = [], 0
+            for job in jobs:
+                mine = results[at:at + job.size]
+                if job.tasks is not None and tasks != job.tasks:
+                    mine = [{t: p[t] for t in job.tasks} for p in mine]
+                answers.append(mine)
                 at += job.size
+        except Exception:  # noqa: BLE001 - retried smaller by the caller, which isolates the bad request
+            return False
+        if self.on_batch is not None:
+            self.on_batch(sum(j.size for j in jobs), time.perf_counter() - start)
+        for job, mine in zip(jobs, answers):
+            _settle(job, result=mine)
+        return True
 
     def _serve_one(self, job: Job) -> None:
         start = time.perf_counter()
         try:
             result = self._predict(job.records, job.tasks, job.where)
         except Exception as e:  # noqa: BLE001 - handed to the caller, never raised in this thread
-            job.future.set_exception(e)
+            _settle(job, error=e)
             return
         if self.on_batch is not None:
             self.on_batch(job.size, time.perf_counter() - start)
-        job.future.set_result(result)
+        _settle(job, result=result)
 
     def _predict(self, records: list[dict[str, Any]], tasks, where: list[str]) -> list[dict[str, Any]]:
         """Predictions in the callers' order, computed over the inputs sorted by length (less padding)."""
@@ -159,6 +183,19 @@ class MicroBatcher:
         for i, p in zip(order, preds):
             out[i] = p
         return out
+
+
+def _settle(job: Job, result=None, error: BaseException | None = None) -> None:
+    """Hand a job its answer or its error, unless it was answered or cancelled meanwhile."""
+    if job.future.done():
+        return
+    try:
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+    except Exception:  # noqa: BLE001 - InvalidStateError: settled by someone else in between
+        pass
 
 
 def _length(record: dict[str, Any]) -> int:
