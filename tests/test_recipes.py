@@ -168,3 +168,130 @@ def test_the_recipe_rules_files_are_valid(tmp_path):
     assert set(RoutingRules.load(root / "rules_zh.yaml").queues) <= intents
     atis = {i for _, r in DATASETS.get("atis").rows("train") for i in r["intents"]}
     assert set(RoutingRules.load(root / "rules.yaml").queues) <= atis
+
+
+# -- polytask monitor ------------------------------------------------------------------------------------------
+def synthetic_stream(n_before=600, n_after=400, base=0.2, turned=0.7, seed=0):
+    """Two groups; group 'a' turns negative at item n_before of its own, 'b' stays at the base rate."""
+    import random
+
+    rng = random.Random(seed)
+    items = []
+    for i in range(n_before + n_after):
+        for group in ("a", "b"):
+            rate = turned if group == "a" and i >= n_before else base
+            items.append((group, rng.random() < rate, i))
+    return items
+
+
+def test_alerts_fire_within_a_window_of_the_turn_and_never_in_the_stable_part():
+    from polytask.recipes.monitor import AlertRule, Monitor
+
+    mon = Monitor(window=100, rule=AlertRule(z=3, min_count=20))
+    alerts = [a for k, (group, neg, i) in enumerate(synthetic_stream())
+              if (a := mon.add(k, i, group, neg)) is not None]
+    assert [a["group"] for a in alerts] == ["a"]  # one alert, for the group that turned, none for 'b'
+    assert 600 <= alerts[0]["time"] < 600 + 100  # within one window after the turn (time = the group's item)
+    assert alerts[0]["z"] >= 3 and alerts[0]["window_share"] > alerts[0]["history_share"]
+    # the alert re-arms only once z falls back: a second turn later fires again
+    quiet = Monitor(window=50, rule=AlertRule(z=3, min_count=20))
+    fired = [quiet.add(k, k, "g", neg) for k, neg in enumerate([False] * 300 + [True] * 60 + [False] * 600 +
+                                                                 [True] * 60)]
+    assert sum(a is not None for a in fired) == 2
+
+
+@pytest.mark.parametrize("rule, message", [("z=abc", "z must be a number"), ("y=3", "expected z=NUMBER"),
+                                           ("z=0", "z must be > 0"), ("min_count=0", "min_count at least 1")])
+def test_bad_alert_rules_are_refused(rule, message):
+    from polytask.recipes.monitor import AlertRule
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        AlertRule.parse(rule)
+
+
+class _Task:
+    def __init__(self, labels, type_name="classification", text="text"):
+        import types
+
+        self.labels, self.type_name, self.cfg = labels, type_name, types.SimpleNamespace(text=text)
+
+
+class _Model:
+    """Sentiment = 'negative' when the text says 'bad'; topic = the text's first word."""
+
+    tasks = {"sentiment": _Task(["negative", "positive"]), "topic": _Task(["sport", "tech"])}
+
+    def __init__(self):
+        self.batches = []
+
+    def predict(self, records, tasks=None, batch_size=32, where=None):
+        self.batches.append(len(records))
+        for r, w in zip(records, where):
+            if r["text"] == "unreadable":
+                raise UserError(f"{w}: the model cannot read this")
+        return [{"sentiment": {"label": "negative" if "bad" in r["text"] else "positive", "score": 0.9},
+                 "topic": {"label": r["text"].split()[0], "score": 0.9}} for r in records]
+
+
+def test_monitor_reports_alerts_and_survives_bad_lines(tmp_path, capsys):
+    import io
+
+    from polytask.recipes.monitor import monitor
+
+    lines = []
+    for i, (group, neg, _) in enumerate(synthetic_stream(300, 200)):
+        topic = "sport" if group == "a" else "tech"
+        lines.append(json.dumps({"ts": 1_700_000_000 + i, "text": f"{topic} news {'bad' if neg else 'fine'}"}))
+    bad = {5: "{not json", 9: "[1, 2]", 13: json.dumps({"ts": 1, "text": "  "}), 17: json.dumps({"ts": 2}),
+           21: json.dumps({"text": "tech no time"}), 25: json.dumps({"ts": 3, "text": "unreadable"})}
+    for number, text in sorted(bad.items()):
+        lines.insert(number - 1, text)
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    model, errors = _Model(), io.StringIO()
+    s = monitor(model, str(stream), tmp_path / "out", window=50, alert="z=3,min_count=20", time_field="ts",
+                group_by="topic", batch_size=16, progress=False, errors=errors)
+    assert s["bad_lines"] == 6 and s["bad_line_numbers"] == sorted(bad) and s["read"] == 1000
+    for number in bad:
+        assert f"{stream}:{number}:" in errors.getvalue()
+    for problem in ("not JSON", "empty text", "no time field", "not a JSON object", "cannot read this"):
+        assert problem in errors.getvalue(), problem
+    assert max(model.batches) == 16  # micro-batches of --batch-size lines
+    assert s["group_source"] == "model" and set(s["groups"]) == {"sport", "tech"}
+    assert [a["group"] for a in s["alerts"]] == ["sport"] and s["alerts"][0]["time"] >= 1_700_000_000 + 600
+    out = tmp_path / "out"
+    assert [json.loads(x)["group"] for x in (out / "alerts.jsonl").read_text().splitlines()] == ["sport"]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 1000
+    md = (out / "monitor.md").read_text()
+    assert "## Alerts (1)" in md and "| sport |" in md and "monitor.png" in md and "6 bad lines" in md
+    assert (out / "monitor.png").stat().st_size > 10_000
+    # grouping by a field of the stream instead of a task
+    s2 = monitor(model, str(stream), tmp_path / "out2", window=50, group_by="nope", progress=False, errors=errors)
+    assert s2["group_source"] == "field" and set(s2["groups"]) == {"(none)"}
+
+
+def test_monitor_command_reads_stdin_and_refuses_bad_arguments(service_run, tmp_path, monkeypatch, capsys):
+    import io
+
+    rows = [json.dumps({"text": t}) for t in ["show me boston good", "cheap miami now bad"] * 30] + ["oops"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(rows) + "\n"))
+    out = tmp_path / "mon"
+    assert main(["monitor", str(service_run), "--input", "-", "--sentiment-task", "sentiment", "--negative-label",
+                 "neg", "--group-by", "intent", "--window", "10", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "monitored 60 items (1 bad lines skipped)" in captured.out and "<stdin>:61: not JSON" in captured.err
+    assert json.loads((out / "monitor.json").read_text())["read"] == 60
+    bad_utf8 = tmp_path / "latin1.jsonl"
+    bad_utf8.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n{"text": "fine"}\n')
+    ok = ["--sentiment-task", "sentiment", "--negative-label", "neg"]
+    assert main(["monitor", str(service_run), "--input", str(bad_utf8), *ok, "--output", str(tmp_path / "u")]) == 0
+    captured = capsys.readouterr()  # a line that is not UTF-8 is a bad line like any other
+    assert f"{bad_utf8}:2: not UTF-8" in captured.err and "monitored 2 items (1 bad lines skipped)" in captured.out
+    for args, message in (
+                          (["--input", str(tmp_path / "none.jsonl")], "input file not found"),
+                          (["--input", "-", "--alert", "z=x"], "z must be a number"),
+                          (["--input", str(bad_utf8), *ok, "--group-by", "slots"], "group by a classification task"),
+                          (["--input", str(bad_utf8), "--negative-label", "neg"], "cannot tell which task"),
+                          (["--input", str(bad_utf8), "--sentiment-task", "sentiment"], "is not a label")):
+        assert main(["monitor", str(service_run), *args, "--output", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err, args

@@ -181,6 +181,27 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--batch-size", type=int, default=32)
     ro.set_defaults(func=cmd_route)
 
+    mo = sub.add_parser("monitor", help="sentiment monitoring of a JSONL stream: rolling negative share per group, "
+                                        "z-score alerts, alerts.jsonl + monitor.md + a time-series plot")
+    mo.add_argument("run", help="run folder or checkpoint folder (a model with a sentiment task)")
+    mo.add_argument("--input", required=True, help="JSONL stream, one object per line; '-' reads stdin line by line")
+    mo.add_argument("--time-field", help="the field holding each line's time (numbers or ISO dates; else the "
+                                         "position in the stream)")
+    mo.add_argument("--group-by", help="a classification task of the model (its predicted label is the group, "
+                                       "e.g. topic) or a field of the stream (default: one group)")
+    mo.add_argument("--window", type=int, default=200, help="items per group in the rolling window (default 200)")
+    mo.add_argument("--alert", default="z=3,min_count=20",
+                    help="alert when the window's negative share is z standard deviations above the group's "
+                         "history, with at least min_count items in each (default z=3,min_count=20)")
+    mo.add_argument("--sentiment-task", help="the sentiment task (default: the classification task whose labels "
+                                             "include --negative-label)")
+    mo.add_argument("--negative-label", default="negative", help="the sentiment label that counts (default negative)")
+    mo.add_argument("--output", help="folder for alerts.jsonl, predictions.jsonl, monitor.{json,md,png} "
+                                     "(default: <run>/monitor)")
+    mo.add_argument("--batch-size", type=int, default=32, help="lines predicted per encoder pass (default 32)")
+    mo.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
+    mo.set_defaults(func=cmd_monitor)
+
     sv = sub.add_parser("serve", help="an HTTP endpoint (FastAPI): POST /predict answers every task in one "
                                       "micro-batched encoder pass; /health, /metadata, /metrics")
     sv.add_argument("run", help="run folder, checkpoint folder, or (--backend onnx) an ONNX export folder")
@@ -459,6 +480,33 @@ def cmd_route(args) -> int:
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     os.replace(tmp, out)
     print(f"wrote {len(lines)} routed messages to {out}")
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    from polytask.predict import checkpoint_dir, load
+    from polytask.recipes.monitor import AlertRule, monitor
+
+    AlertRule.parse(args.alert)  # a bad rule stops before the model loads
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.input != "-" and not Path(args.input).is_file():
+        raise UserError(f"input file not found: {args.input}")
+    predictor = load(args.run, backend=args.backend)
+    if args.output:
+        out = Path(args.output)
+    else:
+        ckpt = checkpoint_dir(args.run) if args.backend == "torch" else predictor.path
+        out = (ckpt.parent if ckpt.name in ("best", "last") else ckpt) / "monitor"
+    s = monitor(predictor, args.input, out, window=args.window, alert=args.alert, time_field=args.time_field,
+                group_by=args.group_by, sentiment=args.sentiment_task, negative=args.negative_label,
+                batch_size=args.batch_size, progress=sys.stderr.isatty())
+    print(f"monitored {s['read']} items ({s['bad_lines']} bad lines skipped) in {s['seconds']:.1f} s, "
+          f"{s['items_per_second']} items/s; {len(s['alerts'])} alert(s)")
+    for a in s["alerts"]:
+        print(f"  ALERT {a['group']} at line {a['line']} (time {a['time']}): negative {100 * a['window_share']:.1f}% "
+              f"in the last {a['window_count']} vs {100 * a['history_share']:.1f}% before, z {a['z']:.2f}")
+    print(f"reports: {out / 'alerts.jsonl'}, {out / 'monitor.md'}, {out / 'monitor.png'}")
     return 0
 
 

@@ -5,12 +5,13 @@ column(s), optionally a time field and a group field. Lines are predicted in mic
 model in one encoder pass per batch). Each item is put in a group: the label the model predicts for a task named
 by ``--group-by`` (e.g. ``topic``), or the value of that field in the line, or ``all``.
 
-Per group, the last ``window`` items form the current window; the items before it are the group's history.
-When a new item arrives, the window's negative share p_w (n_w items) is compared with the history's rate p_h by
-the binomial z statistic ``z = (p_w - p_h) / sqrt(p_h (1 - p_h) / n_w)`` (p_h smoothed as (neg + 1) / (n + 2)):
-how many standard deviations the window sits above what the history predicts for a window of that size. An alert
-fires when z ≥ ``z`` with at least ``min_count`` items in both the window and the history; it then stays quiet
-for that group until z falls back below the threshold (one alert per turn, not one per item).
+Per group, the last ``window`` items form the current window; the items before it (up to ten windows' worth)
+are the group's history. When a new item arrives, the window's negative share p_w (n_w items) is compared with
+the history's p_h (n_h items) by the two-proportion z statistic ``z = (p_w - p_h) / sqrt(p (1 - p) (1/n_w +
+1/n_h))``, p the pooled share (smoothed by one negative and one other): how many standard deviations the window
+sits above the history, counting the uncertainty of both. An alert fires when z ≥ ``z`` with at least
+``min_count`` items in both the window and the history; the group then stays quiet until z falls back below half
+the threshold and at least one window of new items has passed (one alert per turn, not one per item).
 
 Bad lines (not JSON, not an object, a missing or empty text column, a missing time field) are reported on
 stderr with their line number, skipped and counted; they never stop the monitor.
@@ -62,12 +63,20 @@ class AlertRule:
 @dataclass
 class Group:
     window: deque = field(default_factory=deque)  # 1 = negative, 0 = not
-    history_n: int = 0
+    history: deque = field(default_factory=deque)  # the items before the window, the latest HISTORY_WINDOWS windows
     history_neg: int = 0
     alerting: bool = False
+    quiet_until: int = 0  # no new alert before the group's item count reaches this (one window after an alert)
     count: int = 0
     negatives: int = 0
     series: list[tuple[int, Any, float]] = field(default_factory=list)  # (item index, time, window share)
+
+    @property
+    def history_n(self) -> int:
+        return len(self.history)
+
+
+HISTORY_WINDOWS = 10
 
 
 class Monitor:
@@ -87,42 +96,54 @@ class Monitor:
         g.count += 1
         g.negatives += bool(negative)
         if len(g.window) > self.size:
-            g.history_neg += g.window.popleft()
-            g.history_n += 1
+            old = g.window.popleft()
+            g.history.append(old)
+            g.history_neg += old
+            if len(g.history) > HISTORY_WINDOWS * self.size:
+                g.history_neg -= g.history.popleft()
         n_w = len(g.window)
         share = sum(g.window) / n_w
         g.series.append((index, when, share))
         z = self.z_score(g)
         if z is None or z < self.rule.z:
-            g.alerting = False
+            if z is None or z < self.rule.z / 2:  # hysteresis: a turn that lingers near the threshold fires once
+                g.alerting = False
             return None
-        if g.alerting:
+        if g.alerting or g.count < g.quiet_until:
             return None
         g.alerting = True
+        g.quiet_until = g.count + self.size
         return {"group": group, "index": index, "time": when, "line": line, "window_share": round(share, 4),
                 "history_share": round(g.history_neg / g.history_n, 4), "z": round(z, 2), "window_count": n_w,
                 "history_count": g.history_n}
 
     def z_score(self, g: Group) -> float | None:
-        n_w = len(g.window)
-        if n_w < self.rule.min_count or g.history_n < self.rule.min_count:
+        """Two-proportion z of the window's negative share against the history's (both estimated, pooled)."""
+        n_w, n_h = len(g.window), g.history_n
+        if n_w < self.rule.min_count or n_h < self.rule.min_count:
             return None
-        p_h = (g.history_neg + 1) / (g.history_n + 2)
-        return (sum(g.window) / n_w - p_h) / math.sqrt(p_h * (1 - p_h) / n_w)
+        neg_w = sum(g.window)
+        pooled = (neg_w + g.history_neg + 1) / (n_w + n_h + 2)  # smoothed: never exactly 0 or 1
+        return (neg_w / n_w - g.history_neg / n_h) / math.sqrt(pooled * (1 - pooled) * (1 / n_w + 1 / n_h))
 
 
 def read_stream(lines: Iterable[str], name: str, text_columns: list[str], time_field: str | None,
-                errors: TextIO = sys.stderr) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """``(line number, record)`` per line; ``record`` is None for a bad line (reported on ``errors``)."""
+                errors: TextIO | None = None) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """``(line number, record)`` per line; ``record`` is None for a bad line (reported on ``errors``, default
+    stderr)."""
+    errors = errors or sys.stderr
     for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line:
+        line = raw.strip() if raw is not None else None
+        if line == "":
             continue
-        problem = None
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            record, problem = None, f"not JSON ({e.msg})"
+        problem, record = None, None
+        if line is None:
+            problem = "not UTF-8"
+        else:
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                problem = f"not JSON ({getattr(e, 'msg', 'nested too deeply')})"
         if problem is None and not isinstance(record, dict):
             problem = "not a JSON object"
         if problem is None:
@@ -140,24 +161,31 @@ def read_stream(lines: Iterable[str], name: str, text_columns: list[str], time_f
             yield number, record
 
 
-def open_lines(path: str) -> tuple[Iterable[str], str, int | None]:
-    """The stream's lines (stdin for ``-``), its name for messages, and its line count when known."""
+def open_lines(path: str) -> tuple[Iterable[str | None], str, int | None]:
+    """The stream's lines, read one at a time (stdin for ``-``; None for a line that is not UTF-8), its name for
+    messages, and its line count when known (a file: counted up front for the progress bar)."""
     if path == "-":
-        stdin = sys.stdin
-        if hasattr(stdin, "reconfigure"):
-            stdin.reconfigure(encoding="utf-8", errors="replace")
-        return stdin, "<stdin>", None
+        stdin = getattr(sys.stdin, "buffer", None)
+        return (_decoded(stdin) if stdin is not None else sys.stdin), "<stdin>", None
     p = Path(path)
     if not p.is_file():
         raise UserError(f"input file not found: {p}")
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UserError(f"{p}:{line}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
-    lines = text.splitlines()
-    return lines, str(p), len(lines)
+    with p.open("rb") as f:
+        total = sum(1 for _ in f)
+
+    def lines() -> Iterator[str | None]:
+        with p.open("rb") as f:
+            yield from _decoded(f)
+
+    return lines(), str(p), total
+
+
+def _decoded(binary) -> Iterator[str | None]:
+    for raw in binary:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield None
 
 
 def sentiment_task(predictor, name: str | None, negative: str) -> str:
@@ -178,11 +206,12 @@ def sentiment_task(predictor, name: str | None, negative: str) -> str:
 def monitor(predictor, input_path: str, output: Path, window: int = 200, alert: str | None = None,
             time_field: str | None = None, group_by: str | None = None, sentiment: str | None = None,
             negative: str = "negative", batch_size: int = 32, progress: bool = True,
-            errors: TextIO = sys.stderr) -> dict[str, Any]:
+            errors: TextIO | None = None) -> dict[str, Any]:
     """Run the monitor over a stream and write ``alerts.jsonl``, ``predictions.jsonl``, ``monitor.json``,
     ``monitor.md`` and ``monitor.png`` into ``output``. Returns the summary."""
     from tqdm import tqdm
 
+    errors = errors or sys.stderr
     rule = AlertRule.parse(alert)
     mon = Monitor(window, rule)
     sent = sentiment_task(predictor, sentiment, negative)
