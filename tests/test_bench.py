@@ -43,7 +43,7 @@ SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in 
 def test_known_scripts_are_found():
     assert {"train_speed", "loop_overhead", "infer_speed", "precision", "char_alignment", "weighting_overhead",
             "weighting_methods", "adversarial", "distill", "mutual", "lora", "continual", "fewshot",
-            "serve_load"} <= set(SCRIPTS)
+            "serve_load", "monitor_speed"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -295,3 +295,23 @@ def test_monitor_command_reads_stdin_and_refuses_bad_arguments(service_run, tmp_
                           (["--input", str(bad_utf8), "--sentiment-task", "sentiment"], "is not a label")):
         assert main(["monitor", str(service_run), *args, "--output", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err, args
+
+
+def test_the_chinese_news_stream_turns_in_its_gold_labels_where_it_says(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "stream.jsonl"
+    subprocess.run([sys.executable, str(root / "examples" / "recipes" / "news_monitor" / "make_stream.py"), "--lang",
+                    "zh", "--items", "1200", "--turn", "900", "--output", str(out)], check=True, capture_output=True)
+    lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 1200 and {x["outlet"] for x in lines} == {"A", "B", "C"}
+
+    def share(rows):
+        return sum(x["gold"] == "negative" for x in rows) / len(rows)
+
+    before = [x for x in lines[:900] if x["outlet"] == "B"]
+    after = [x for x in lines[900:] if x["outlet"] == "B"]
+    others = [x for x in lines[900:] if x["outlet"] != "B"]
+    assert share(after) > share(before) + 0.2 and abs(share(others) - share(before)) < 0.15

@@ -285,7 +285,7 @@ def monitor(predictor, input_path: str, output: Path, window: int = 200, alert: 
         flush()
     bar.close()
     seconds = time.perf_counter() - start
-    summary.update({"seconds": round(seconds, 3), "predict_seconds": round(predict_seconds, 3),
+    summary.update({"seconds": round(seconds, 4), "predict_seconds": round(predict_seconds, 3),
                     "items_per_second": round(summary["read"] / seconds, 2) if seconds else None,
                     "alerts": alerts,
                     "groups": {g: {"items": s.count, "negative_share": round(s.negatives / s.count, 4)}
