@@ -137,6 +137,7 @@ def percentile(values: list[float], q: float) -> float:
 def side(name: str, servers: list[Server], bodies: list[dict], args) -> dict:
     for s in servers:
         s.wait_ready()
+    time.sleep(0.5)  # let a server that just became ready settle (its warm-up passes are done)
     warm = bodies[: min(len(bodies), args.concurrency)]
     asyncio.run(load([s.url for s in servers], warm, args.concurrency, args.timeout, args.deadline))
     before = [s.batch_histogram() for s in servers]  # the warm-up's batches are not counted
@@ -217,12 +218,18 @@ def main() -> None:
                    [["--threads", str(max(1, cores // 2)), "--tasks", task] for task in ("intent", "slots")], run),
     }
     rows = {}
-    for key in sides:
-        title, arg_sets, target = plans[key]
-        servers = [Server(target, out / f"server-{key}-{i}.log", *a) for i, a in enumerate(arg_sets)]
-        try:
-            rows[key] = side(title, servers, bodies, args)
-        finally:
+    # every server starts now and loads while the others do; an idle server takes no CPU, so the sides, measured
+    # one after the other, do not disturb each other
+    started = {key: [Server(plans[key][2], out / f"server-{key}-{i}.log", *a) for i, a in enumerate(plans[key][1])]
+               for key in sides}
+    try:
+        for servers in started.values():  # all loaded before any side is measured
+            for s in servers:
+                s.wait_ready()
+        for key in sides:
+            rows[key] = side(plans[key][0], started[key], bodies, args)
+    finally:
+        for servers in started.values():
             for s in servers:
                 s.stop()
     if "on" in rows and "single" in rows:  # the same answers either way

@@ -134,3 +134,31 @@ def build_config():
         return load_config(data=data, overrides=list(overrides))
 
     return build
+
+
+KINDS = ("classification", "multilabel", "token", "regression")
+
+
+def toy_run(folder: Path, encoder: Path, kinds=KINDS, model=None, epochs=1) -> Path:
+    tasks = {}
+    for kind in kinds:
+        files = {split: str(write_jsonl(folder / "data" / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
+                 for split, n, seed in (("train", 32, 0), ("validation", 16, 1), ("test", 16, 2))}
+        tasks[kind] = {**TASK_SPECS[kind], **files}
+    cfg = load_config(data={"model": {"encoder": str(encoder), "max_length": 32, **(model or {})}, "tasks": tasks,
+                            "train": {"output_dir": str(folder / "run"), "epochs": epochs, "batch_size": 8,
+                                      "lr": 1e-3, "tensorboard": False, "progress": False, "precision": "fp32"}})
+    import polytask
+
+    return polytask.train(cfg).output_dir
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_encoder):
+    """A toy run of every task type and its ONNX export with the int8 graph (shared by the ONNX and serve tests)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    run = toy_run(folder, tiny_encoder)
+    from polytask.cli import main
+
+    assert main(["export", str(run), "--format", "onnx", "--quantize", "int8", "--license", "mit"]) == 0
+    return run, run / "onnx"

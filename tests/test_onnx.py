@@ -15,33 +15,11 @@ from polytask.cli import main
 from polytask.config import load_config
 from polytask.data.features import collate, prepare_task_data
 from polytask.export.onnx import OnnxModel, load_onnx
-from tests.conftest import TASK_SPECS, toy_rows, write_jsonl
+from tests.conftest import KINDS, toy_run, write_jsonl
 
-KINDS = ("classification", "multilabel", "token", "regression")
 INPUTS = [{"text": "show me flights from boston to denver good", "text2": "boston",
            "words": ["show", "me", "flights", "boston", "good"]},
           {"text": "cheap miami now bad", "text2": "miami", "words": ["cheap", "miami", "bad"]}]
-
-
-def toy_run(folder: Path, encoder: Path, kinds=KINDS, model=None, epochs=1) -> Path:
-    tasks = {}
-    for kind in kinds:
-        files = {split: str(write_jsonl(folder / "data" / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
-                 for split, n, seed in (("train", 32, 0), ("validation", 16, 1), ("test", 16, 2))}
-        tasks[kind] = {**TASK_SPECS[kind], **files}
-    cfg = load_config(data={"model": {"encoder": str(encoder), "max_length": 32, **(model or {})}, "tasks": tasks,
-                            "train": {"output_dir": str(folder / "run"), "epochs": epochs, "batch_size": 8,
-                                      "lr": 1e-3, "tensorboard": False, "progress": False, "precision": "fp32"}})
-    return polytask.train(cfg).output_dir
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_encoder):
-    """A toy run of every task type and its export with the int8 graph."""
-    folder = tmp_path_factory.mktemp("onnx")
-    run = toy_run(folder, tiny_encoder)
-    assert main(["export", str(run), "--format", "onnx", "--quantize", "int8", "--license", "mit"]) == 0
-    return run, run / "onnx"
 
 
 def graph_vs_torch(run: Path, graph: OnnxModel, split: str = "validation") -> dict[str, float]:

@@ -17,7 +17,7 @@ import polytask
 from polytask.cli import main
 from polytask.errors import UserError
 from polytask.serve import MicroBatcher, ServeSettings, create_app
-from tests.test_onnx import toy_run
+from tests.conftest import toy_run
 
 RECORD = {"text": "show me flights from boston to denver good", "words": ["show", "me", "boston", "good"]}
 
@@ -284,16 +284,17 @@ def test_max_batch_caps_a_pass_and_stop_drains_every_queued_request():
         batcher.submit([{"text": "late"}])
 
 
-def test_the_onnx_backend_serves_the_same_answers(run, tmp_path):
-    out = tmp_path / "onnx"
-    assert main(["export", str(run), "--format", "onnx", "--output", str(out)]) == 0
-    with TestClient(create_app(ServeSettings(path=str(out), backend="onnx"))) as c:
+def test_the_onnx_backend_serves_the_same_answers(exported):
+    run, out = exported
+    inputs = [{"text": t, "text2": "boston", "words": t.split()} for t in texts(3)]
+    with TestClient(create_app(ServeSettings(path=str(out), backend="onnx-fp32"))) as c:
         ready(c)
         assert c.get("/metadata").json()["backend"] == "onnx"
-        got = c.post("/predict", json={"texts": texts(3)}).json()["predictions"]
-    want = polytask.load(run).predict(texts(3))
+        got = c.post("/predict", json={"inputs": inputs}).json()["predictions"]
+    want = polytask.load(run).predict(inputs)
     for g, w in zip(got, want):
         assert g["token"]["tags"] == w["token"]["tags"] and g["multilabel"]["labels"] == w["multilabel"]["labels"]
+        assert g["classification"]["label"] == w["classification"]["label"]
 
 
 @pytest.mark.parametrize("args, message", [
