@@ -98,6 +98,13 @@ def test_every_bad_request_gets_its_code_and_a_message(client, body, status, mes
     assert client.post("/predict", json={"texts": ["still fine"]}).status_code == 200  # the worker lives on
 
 
+def test_precision_can_be_set_for_serving(run):
+    with TestClient(create_app(ServeSettings(path=str(run), precision="bf16"))) as c:
+        ready(c)
+        assert c.get("/metadata").json()["precision"] == "bf16"
+        assert c.post("/predict", json={"texts": ["show me boston good"]}).status_code == 200
+
+
 def test_unknown_routes_and_methods_answer_json(client):
     for i in range(3):
         assert client.get(f"/nope-{i}").json()["error"]["status"] == 404

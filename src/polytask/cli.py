@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (more: 413)")
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
     sv.add_argument("--threads", type=int, help="torch / onnxruntime threads per worker (default: cores / workers)")
+    sv.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                    help="--backend torch: compute precision (default: the run's, usually auto)")
     sv.add_argument("--token-file", help="file holding a bearer token that every request but /health must send")
     sv.add_argument("--rules", help="routing rules (YAML): adds POST /route (predictions + the routing decision)")
     sv.add_argument("--access-log", action="store_true", help="log every request line")
@@ -520,7 +522,7 @@ def cmd_serve(args) -> int:
     settings = ServeSettings(path=args.run, backend=args.backend, tasks=tasks, max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_texts=args.max_texts,
                              max_body_bytes=args.max_body_bytes, threads=threads, token_file=args.token_file,
-                             rules=args.rules)
+                             rules=args.rules, precision=args.precision)
     check_servable(settings)
     print(f"polytask serve: {args.run} ({args.backend}) on http://{args.host}:{args.port} — POST /predict, "
           f"GET /health /metadata /metrics; {args.workers} worker(s), {threads} thread(s) each, micro-batches of up "

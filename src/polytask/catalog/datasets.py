@@ -360,10 +360,11 @@ class CcfNewsSentiment(BuiltinDataset):
     split, used as train / validation / test). Each file is a pickle of ``(titles, contents, labels)``, labels
     0 positive, 1 neutral, 2 negative (the package does not say: this is the CCF BDCI-2019 task's own definition,
     and reading the titles agrees — label 2 is fires, collapses with deaths, scams; label 0 charity events and
-    government achievements; label 1 questions, weather, notices). The files are read with a restricted unpickler that builds only
-    lists, tuples, dicts, strings and numbers and refuses anything else (no class or function is ever looked
-    up), so a tampered file cannot run code. Rows whose title or body is empty are dropped (a handful), so
-    that both ``text`` (title and body joined) and the pair ``title`` + ``content`` are always present.
+    government achievements; label 1 questions, weather, notices). The files are read with a restricted
+    unpickler that builds only lists, tuples, dicts, strings and numbers and refuses anything else (no class or
+    function is ever looked up), so a tampered file cannot run code. Rows whose title or body is empty are
+    dropped (a handful), so that both ``text`` (title and body joined) and the pair ``title`` + ``content`` are
+    always present.
     Bodies are long (median ~700 characters): with ``model.max_length: 128`` only the title and the start of
     the body are read.
     """

@@ -45,6 +45,7 @@ class ServeSettings:
     threads: int | None = None
     token_file: str | None = None  # a file holding the bearer token clients must send
     rules: str | None = None  # a routing rules file: adds POST /route
+    precision: str | None = None  # torch backend: auto | fp32 | bf16 instead of the run's train.precision
     ready_wait_s: float = 60.0  # a /predict that arrives while the model loads waits this long before a 503
 
     def read_token(self) -> str | None:
@@ -92,6 +93,8 @@ def load_predictor(settings: ServeSettings):
 
         predictor = Predictor(settings.path, device="cpu" if not torch.cuda.is_available() else None)
         predictor.backend = "torch"
+        if settings.precision:
+            predictor.config.train.precision = settings.precision
     elif settings.backend in ("onnx", "onnx-fp32"):
         from polytask.export.onnx import load_onnx
 
