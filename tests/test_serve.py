@@ -321,3 +321,45 @@ def test_serve_refuses_bad_arguments_before_starting(run, tmp_path, capsys, args
 def test_serve_refuses_a_missing_run(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "none")]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+def test_sigterm_finishes_the_requests_in_flight(run):
+    """`polytask serve` in its own process: requests waiting in a micro-batch when SIGTERM arrives still get
+    their answers, then the server exits cleanly."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "polytask.cli", "serve", str(run), "--port", str(port),
+                             "--max-wait-ms", "400", "--threads", "1"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(httpx.post, url + "/predict", json={"texts": [t]}, timeout=60) for t in texts(6)]
+            time.sleep(0.15)  # the requests sit in the micro-batch window now
+            proc.send_signal(signal.SIGTERM)
+            statuses = [c.result().status_code for c in calls]
+        assert statuses == [200] * 6
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        log = proc.stdout.read()
+        assert "Application shutdown complete" in log and "Traceback" not in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
