@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--turn", type=int, default=2000, help="line at which the sentiment turns (default 2000)")
     p.add_argument("--turned", type=float, default=0.6,
                    help="share of the turning group's draws taken from negative articles after the turn (0.6)")
-    p.add_argument("--topic", default="business", help="--lang en: the topic that turns (default business)")
+    p.add_argument("--topic", default="tech", help="--lang en: the topic that turns (default tech)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
     from polytask.catalog.datasets import DATASETS
@@ -65,18 +65,21 @@ def main() -> None:
         pool = [r for split in ("validation", "test") for _, r in ds.rows(split)]
         model = polytask.load(args.run)
         preds = model.predict([{"text": r["text"]} for r in pool])
+        topic = [q for r, q in zip(pool, preds) if q["topic"]["label"] == args.topic]
         negative = [r for r, q in zip(pool, preds) if q["topic"]["label"] == args.topic and
                     q["sentiment"]["label"] == "negative"]
-        if not negative:
-            sys.exit(f"the model reads no {args.topic} article as negative: choose another --topic")
+        base = len(negative) / max(1, len(topic))
+        if not negative or base > 0.5:
+            sys.exit(f"the model reads {len(negative)} of {len(topic)} {args.topic} articles as negative: no turn can "
+                     "show there; choose another --topic")
         for i in range(args.items):
             r = rng.choice(pool)
             if i >= args.turn and r["topic"] == args.topic and rng.random() < args.turned:
                 r = rng.choice(negative)
             lines.append({"ts": (start + timedelta(minutes=i)).isoformat(), "text": r["text"],
                           "gold_topic": r["topic"]})
-        desc = (f"topic {args.topic}: {args.turned:.0%} of its draws from the {len(negative)} articles the model "
-                f"reads as negative, from line {args.turn + 1}")
+        desc = (f"topic {args.topic} ({base:.0%} of its articles read as negative): {args.turned:.0%} of its draws "
+                f"from those {len(negative)} from line {args.turn + 1}")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")

@@ -297,19 +297,17 @@ def monitor(predictor, input_path: str, output: Path, window: int = 200, alert: 
     return summary
 
 
-def _numeric_times(series) -> list[float] | None:
+def _times(series) -> list | None:
+    """The series' times as numbers, or all as datetimes (ISO strings); None when neither holds for every item."""
     from datetime import datetime
 
-    out = []
-    for _, when, _ in series:
-        if isinstance(when, (int, float)) and not isinstance(when, bool):
-            out.append(float(when))
-            continue
-        try:
-            out.append(datetime.fromisoformat(str(when)).timestamp())
-        except ValueError:
-            return None
-    return out
+    values = [when for _, when, _ in series]
+    if all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in values):
+        return [float(w) for w in values]
+    try:
+        return [datetime.fromisoformat(str(w)) for w in values]
+    except ValueError:
+        return None
 
 
 def plot(mon: Monitor, alerts: list[dict[str, Any]], path: Path, window: int, time_field: str | None) -> None:
@@ -320,16 +318,18 @@ def plot(mon: Monitor, alerts: list[dict[str, Any]], path: Path, window: int, ti
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    use_time = bool(time_field) and all(_numeric_times(g.series) is not None for g in mon.groups.values())
+    use_time = bool(time_field) and all(_times(g.series) is not None for g in mon.groups.values())
     for name, g in mon.groups.items():
-        xs = _numeric_times(g.series) if use_time else [i for i, _, _ in g.series]
+        xs = _times(g.series) if use_time else [i for i, _, _ in g.series]
         line, = ax.plot(xs, [s for _, _, s in g.series], label=name, linewidth=1.2)
         for a in alerts:
             if a["group"] == name:
                 x = xs[next(k for k, (i, _, _) in enumerate(g.series) if i == a["index"])]
                 ax.axvline(x, color=line.get_color(), linestyle="--", linewidth=1)
                 ax.plot([x], [a["window_share"]], marker="v", color=line.get_color(), markersize=9)
-    ax.set_xlabel(f"{time_field} (epoch seconds)" if use_time else "item in the stream")
+    ax.set_xlabel(time_field if use_time else "item in the stream")
+    if use_time:
+        fig.autofmt_xdate()
     ax.set_ylabel(f"negative share of the last {window}")
     ax.set_ylim(0, 1)
     ax.set_title("Negative share per group (dashed: alerts)")
