@@ -270,9 +270,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 32; --quick 8)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per request (default 60)")
     p.add_argument("--deadline", type=float, default=600.0, help="seconds allowed per side (default 600)")
-    p.add_argument("--sides", default="on,off,fp32,onnx,int8,single",
-                   help="which sides to run (default all: on,off,fp32,onnx,int8,single; 'on' is PyTorch at the run's "
-                        "precision, auto: bf16 where the CPU has it natively)")
+    p.add_argument("--sides", default="on,off,fp32,onnx,int8,workers,single",
+                   help="which sides to run (default all: on,off,fp32,onnx,int8,workers,single; 'on' is PyTorch at the "
+                        "run's precision, auto: bf16 where the CPU has it natively)")
     args = p.parse_args()
     setup_threads(args.threads)
     args.requests = args.requests or (64 if args.quick else 1000)
@@ -301,6 +301,8 @@ def main() -> None:
         "off": ("multi-task, PyTorch, micro-batching off", [[*common, "--max-batch", "1", "--max-wait-ms", "0"]], run),
         "onnx": ("multi-task, ONNX fp32, micro-batching on", [[*common, "--backend", "onnx-fp32"]], out / "onnx"),
         "int8": ("multi-task, ONNX int8, micro-batching on", [[*common, "--backend", "onnx"]], out / "onnx"),
+        "workers": (f"multi-task, PyTorch, 2 workers x {max(1, cores // 2)} thread(s), micro-batching on",
+                    [["--workers", "2", "--threads", str(max(1, cores // 2))]], run),
         "single": ("2 single-task servers (intent; slots), PyTorch, micro-batching on",
                    [["--threads", str(max(1, cores // 2)), "--tasks", task] for task in ("intent", "slots")], run),
     }
@@ -344,6 +346,10 @@ def main() -> None:
         multi = rows["on"]["per_second"] / rows["single"]["per_second"]
         print(f"one multi-task server / 2 single-task servers: {multi:.2f}x utterances/s with both answers "
               "(goal >= 0.9 * 2 = 1.8)")
+        if "workers" in rows:  # the same split of the cores as the single-task servers: one thread per process
+            multi = rows["workers"]["per_second"] / rows["single"]["per_second"]
+            print(f"one multi-task server with 2 workers / 2 single-task servers (one thread per process on both "
+                  f"sides): {multi:.2f}x utterances/s with both answers")
     errors = sum(r["errors"] for r in rows.values())
     print(f"errors in all sides: {errors}")
     (out / "serve_load.json").write_text(json.dumps({k: {x: y for x, y in r.items() if x != "answers"}
