@@ -374,29 +374,35 @@ def read_inputs(path: Path) -> tuple[list[dict], list[str]]:
     return [r for _, r in pairs], [w for w, _ in pairs]
 
 
+def given_inputs(args) -> tuple[list[dict], list[str]]:
+    """The records of ``--text`` (repeatable) or ``--input FILE``, and their names for messages."""
+    if args.text is not None:
+        return [{"text": t} for t in args.text], [f"--text {i}" for i in range(1, len(args.text) + 1)]
+    return read_inputs(Path(args.input))
+
+
+def answer_lines(lines: list[str], output: str | None, what: str) -> None:
+    """Print JSON lines, or write them atomically to ``output`` and say so."""
+    if not output:
+        print("\n".join(lines))
+        return
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"wrote {len(lines)} {what} to {out}")
+
+
 def cmd_predict(args) -> int:
     from polytask.predict import load
 
-    if args.text is not None:
-        records = [{"text": t} for t in args.text]
-        where = [f"--text {i}" for i in range(1, len(records) + 1)]
-    else:
-        records, where = read_inputs(Path(args.input))
+    records, where = given_inputs(args)
     predictor = load(args.checkpoint, backend=args.backend)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     preds = predictor.predict(records, tasks=tasks, batch_size=args.batch_size, where=where)
-    if not args.output:
-        for rec, p in zip(records, preds):
-            print(json.dumps({**rec, **p}, ensure_ascii=False))
-        return 0
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec, p in zip(records, preds):
-            f.write(json.dumps({**rec, **p}, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {len(preds)} predictions for {', '.join(tasks or predictor.task_names)} to {out}")
+    answer_lines([json.dumps({**rec, **p}, ensure_ascii=False) for rec, p in zip(records, preds)], args.output,
+                 f"predictions for {', '.join(tasks or predictor.task_names)}")
     return 0
 
 
@@ -464,24 +470,12 @@ def cmd_route(args) -> int:
     from polytask.predict import load
     from polytask.recipes import RoutingRules, route
 
-    if args.text is not None:
-        records = [{"text": t} for t in args.text]
-        where = [f"--text {i}" for i in range(1, len(records) + 1)]
-    else:
-        records, where = read_inputs(Path(args.input))
+    records, where = given_inputs(args)
     predictor = load(args.run, backend=args.backend)
     rules = RoutingRules.load(args.rules, predictor)
-    lines = [json.dumps({**rec, **r}, ensure_ascii=False)
-             for rec, r in zip(records, route(predictor, rules, records, args.batch_size, where))]
-    if not args.output:
-        print("\n".join(lines))
-        return 0
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out)
-    print(f"wrote {len(lines)} routed messages to {out}")
+    answer_lines([json.dumps({**rec, **r}, ensure_ascii=False)
+                  for rec, r in zip(records, route(predictor, rules, records, args.batch_size, where))],
+                 args.output, "routed messages")
     return 0
 
 
