@@ -14,10 +14,13 @@ from polytask.model.io import WEIGHTS_FILE, write_json
 from polytask.predict import Predictor
 
 
-def evaluate_checkpoint(predictor: Predictor, split: str = "test", batch_size: int = 64) -> dict[str, Any]:
-    """Per-task metrics of a loaded model on ``split`` of the data named in its config."""
-    data = prepare_task_data(predictor.tasks, predictor.tokenizer, predictor.config.model.max_length,
-                             splits=(split,), fit_labels=False)
+def evaluate_checkpoint(predictor: Predictor, split: str = "test", batch_size: int = 64,
+                        data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-task metrics of a loaded model on ``split`` of the data named in its config (``data``: that split
+    already read and tokenised by ``prepare_task_data``, e.g. to score several models of one checkpoint)."""
+    if data is None:
+        data = prepare_task_data(predictor.tasks, predictor.tokenizer, predictor.config.model.max_length,
+                                 splits=(split,), fit_labels=False)
     data = {n: d for n, d in data.items() if split in d.features}
     results = evaluate_split(predictor.model, data, split, batch_size, predictor.tokenizer.pad_token_id or 0,
                              predictor.device, predictor.config.train.precision)

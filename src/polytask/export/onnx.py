@@ -207,25 +207,19 @@ def onnx_file(path: str | Path, int8: bool | None = None) -> Path:
 
 def load_onnx(path: str | Path, threads: int | None = None, int8: bool | None = None):
     """A Predictor whose model is an onnxruntime session (see ``onnx_file`` for what ``path`` may be)."""
-    from polytask.config import Config
-    from polytask.model.encoder import load_tokenizer
+    from polytask.model.io import load_parts
     from polytask.predict import Predictor
-    from polytask.tasks import build_task
 
     graph = onnx_file(path, int8)
     folder = graph.parent
-    meta = read_meta(folder)
-    config = Config.from_dict(meta["config"])
+    _, config, tasks, tokenizer = load_parts(folder)
     config.train.precision = "fp32"  # the graph's own precision; no autocast around onnxruntime
-    tasks = {name: build_task(name, config.tasks[name], spec["labels"]) for name, spec in meta["tasks"].items()}
-    for name, spec in meta["tasks"].items():
-        tasks[name].load_spec(spec)
     model = OnnxModel(graph, threads)
     missing = [t for t in tasks if t not in model.outputs]
     if missing:
         raise UserError(f"{graph} has no output for task(s) {', '.join(missing)}: it was not exported from this "
                         "folder's polytask.json")
-    predictor = Predictor.from_loaded(folder, config, tasks, load_tokenizer(folder), model, device="cpu")
+    predictor = Predictor.from_loaded(folder, config, tasks, tokenizer, model, device="cpu")
     predictor.backend = "onnx-int8" if graph.name == INT8_FILE else "onnx"
     return predictor
 
@@ -275,11 +269,12 @@ def _verify(torch_model: nn.Module, graph: OnnxModel, predictor, samples: int, b
     return report
 
 
-def _scores(predictor, split: str, batch_size: int) -> dict[str, Any] | None:
-    """``evaluate``'s metrics of ``predictor`` on ``split``; None when no task has that split."""
+def _scores(predictor, split: str, batch_size: int, data) -> dict[str, Any] | None:
+    """``evaluate``'s metrics of ``predictor`` on ``split`` of ``data`` (read once for every backend); None when no
+    task has that split."""
     from polytask.evaluate.report import evaluate_checkpoint
 
-    results = evaluate_checkpoint(predictor, split, batch_size)
+    results = evaluate_checkpoint(predictor, split, batch_size, data=data)
     return results if any(t in results for t in predictor.tasks) else None
 
 
@@ -340,13 +335,17 @@ def export_onnx(run: str | Path, output: str | Path | None = None, quantize: str
                                  use_external_data_format=(tmp / f"{ONNX_FILE}.data").exists())
             result["files"].update({p.name: p.stat().st_size for p in sorted(tmp.glob("model.int8.onnx*"))})
         write_json(tmp / EXPORT_META, result)  # the folder loads from here on
+        from polytask.data.features import prepare_task_data
+
         scores: dict[str, Any] = {}
-        torch_scores = _scores(reference, split, batch_size)
+        data = prepare_task_data(reference.tasks, reference.tokenizer, reference.config.model.max_length,
+                                 splits=(split,), fit_labels=False)
+        torch_scores = _scores(reference, split, batch_size, data)
         if torch_scores is not None:
             scores["pytorch"] = torch_scores
-            scores["onnx"] = _scores(load_onnx(tmp, int8=False), split, batch_size)
+            scores["onnx"] = _scores(load_onnx(tmp, int8=False), split, batch_size, data)
             if quantize == "int8":
-                scores["onnx-int8"] = _scores(load_onnx(tmp, int8=True), split, batch_size)
+                scores["onnx-int8"] = _scores(load_onnx(tmp, int8=True), split, batch_size, data)
             from polytask.precision import runtime_precision
 
             result["metrics"] = {"split": split,

@@ -136,15 +136,22 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"{meta_path}: unreadable ({e})") from None
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild ``(config, tasks, tokenizer, model)`` from a checkpoint folder (no pickle involved)."""
+def load_parts(folder: str | Path) -> tuple[dict[str, Any], Config, dict[str, TaskType], Any]:
+    """``(meta, config, tasks, tokenizer)`` of a folder with ``polytask.json`` and tokenizer files: a checkpoint,
+    or an ONNX export."""
     folder = Path(folder)
     meta = read_meta(folder)
     config = Config.from_dict(meta["config"])
     tasks = {name: build_task(name, config.tasks[name], spec["labels"]) for name, spec in meta["tasks"].items()}
     for name, spec in meta["tasks"].items():
         tasks[name].load_spec(spec)
-    tokenizer = load_tokenizer(folder)
+    return meta, config, tasks, load_tokenizer(folder)
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild ``(config, tasks, tokenizer, model)`` from a checkpoint folder (no pickle involved)."""
+    folder = Path(folder)
+    meta, config, tasks, tokenizer = load_parts(folder)
     if config.model.peft.enabled:  # the frozen encoder from where it was trained from, then the adapters + heads
         model = _load_peft(folder, meta, config, tasks)
     else:

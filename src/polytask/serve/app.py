@@ -160,8 +160,7 @@ class State:
         self.predictor = None
         self.batcher: MicroBatcher | None = None
         self.metrics = Metrics(settings.max_batch)
-        self.ready = threading.Event()
-        self.loaded: asyncio.Event | None = None  # the same, for the event loop (set from the loading thread)
+        self.loaded: asyncio.Event | None = None  # set (from the loading thread) once loading ends, either way
         self.on_loaded: Callable[[], Any] | None = None
 
     def load(self, loader: Callable[[ServeSettings], Any]) -> None:
@@ -179,7 +178,6 @@ class State:
             print(f"polytask serve: error: loading {self.settings.path} failed: {self.error}", file=sys.stderr,
                   flush=True)
         finally:
-            self.ready.set()
             if self.on_loaded is not None:
                 with contextlib.suppress(RuntimeError):  # the app stopped before the model finished loading
                     self.on_loaded()
