@@ -315,6 +315,14 @@ def cmd_evaluate(args) -> int:
     else:
         out_dir = ckpt.parent if ckpt.name in ("best", "last") else ckpt
     json_path, md_path = write_report(results, predictor, args.split, out_dir, license=args.license)
+    tracked = []
+    run_dir = ckpt.parent if ckpt.name in ("best", "last") else ckpt
+    if args.backend == "torch" and (run_dir / "tracking.json").is_file():  # the training's W&B / MLflow runs
+        from polytask.evaluate.runner import flat_metrics
+        from polytask.tracking import log_evaluation
+
+        tracked = log_evaluation(run_dir, predictor.config, args.split, flat_metrics(results),
+                                 [json_path, md_path, md_path.parent / "MODEL_CARD.md"])
     if args.json:
         print(results_json(results))
     else:
@@ -329,6 +337,8 @@ def cmd_evaluate(args) -> int:
             if name in results:
                 print(f"  {metric_choice(name, task)}")
         print(f"reports: {json_path}, {md_path}, {md_path.parent / 'MODEL_CARD.md'}")
+        if tracked:
+            print(f"logged to the training's tracked run ({', '.join(tracked)})")
     return 0
 
 

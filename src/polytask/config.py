@@ -440,6 +440,20 @@ class ContinualConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """``train.tracking:`` — options of the trackers named in ``train.report_to``. ``project``: the W&B project and
+    the MLflow experiment; ``run_name``: the tracked run's name (null: the run folder's name); ``wandb_mode``:
+    ``offline`` (the default: files in ``<run>/wandb``, no network; ``wandb sync`` uploads them), ``online`` or
+    ``disabled``; ``mlflow_uri``: the MLflow tracking URI (null: ``$MLFLOW_TRACKING_URI``, else an SQLite store
+    in ``./mlruns``)."""
+
+    project: str = "polytask"
+    run_name: str | None = None
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    mlflow_uri: str | None = None
+
+
+@dataclass
 class TrainConfig:
     """``train:`` section — optimisation, sampling, validation and checkpointing."""
 
@@ -474,8 +488,16 @@ class TrainConfig:
     mutual: MutualConfig = field(default_factory=MutualConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
-    tensorboard: bool = True
+    # experiment trackers beside metrics.jsonl: tensorboard, wandb, mlflow (each imported only when named here)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tensorboard: bool = True  # false: leave tensorboard out of report_to
     progress: bool = True  # progress bars
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers this run logs to: ``report_to``, less tensorboard when ``tensorboard: false``."""
+        return [t for t in self.report_to if self.tensorboard or t != "tensorboard"]
 
 
 @dataclass
@@ -595,6 +617,12 @@ class Config:
                 _bad("train.adversarial.tasks", adv.tasks, "names of configured tasks (" + ", ".join(self.tasks) + ")")
         if adv.tasks is not None and not adv.tasks:
             _bad("train.adversarial.tasks", adv.tasks, "null (every task) or a non-empty list of task names")
+        from polytask.tracking import TRACKERS
+
+        for name in tr.report_to:
+            TRACKERS.get(name, where="config key 'train.report_to'")
+        if len(set(tr.report_to)) != len(tr.report_to):
+            _bad("train.report_to", tr.report_to, "each tracker once")
         self._validate_distill()
         self._validate_mutual()
         self._validate_continual()
@@ -780,6 +808,8 @@ def _type_name(tp: Any) -> str:
         return "a mapping"
     if origin is dict:
         return "a mapping"
+    if origin is list:
+        return "a list"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -808,6 +838,11 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value not in typing.get_args(tp):
             _bad(path, value, ", ".join(str(a) for a in typing.get_args(tp)))
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{path}' has bad value {value!r}; expected a list, e.g. [a, b]")
+        (it,) = typing.get_args(tp)
+        return [_convert(it, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"config key '{path}' must be a mapping, got {value!r}")

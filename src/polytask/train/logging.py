@@ -1,4 +1,5 @@
-"""Run logging: a JSONL metrics log (appended, so a resumed run continues it) and TensorBoard scalars."""
+"""Run logging: a JSONL metrics log (appended, so a resumed run continues it) and the trackers of
+``train.report_to`` (TensorBoard by default; W&B, MLflow — see ``polytask.tracking``)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,24 @@ from typing import Any
 
 
 class RunLogger:
-    """Writes ``metrics.jsonl`` (one JSON object per line) and, optionally, TensorBoard event files.
+    """Writes ``metrics.jsonl`` (one JSON object per line) and passes the same figures to the trackers of
+    ``config.train.report_to`` (with ``config`` None: the JSONL log only).
 
     Only the main process logs; other processes get a logger with ``enabled=False``.
     """
 
-    def __init__(self, output_dir: Path, tensorboard: bool = True, enabled: bool = True,
-                 resume_step: int | None = None):
+    def __init__(self, output_dir: Path, config: Any = None, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.path = output_dir / "metrics.jsonl"
-        self.tb = None
+        self.trackers: list[Any] = []
         if not enabled:
             return
         if resume_step is not None:
             self._trim_after(resume_step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        if config is not None and config.train.trackers:
+            from polytask.tracking import open_trackers
 
-            purge = resume_step + 1 if resume_step is not None else None
-            self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge)
+            self.trackers = open_trackers(output_dir, config, config.train.trackers, resume_step)
 
     def _trim_after(self, step: int) -> None:
         """On resume, drop lines an interrupted run logged after its last saved state (they are redone)."""
@@ -52,12 +52,15 @@ class RunLogger:
                   "time": round(time.time(), 3), **values}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if self.tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(f"{kind}/{key}", value, step)
-            self.tb.flush()
+        for tracker in self.trackers:
+            tracker.log(kind, step, values)
+
+    def summary(self, values: dict[str, Any], files: list[Path]) -> None:
+        """The run's final figures and report files, to every tracker (the JSONL log has the figures already)."""
+        for tracker in self.trackers:
+            tracker.summary(values, [f for f in files if f.is_file()])
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []

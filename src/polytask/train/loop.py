@@ -100,7 +100,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
                               progress=main and tc.progress, student=accelerator.unwrap_model(model))
     if run.mutual is not None:
         run.mutual.prepare(accelerator.device, precision.precision)
-    logger = RunLogger(out, tc.tensorboard, enabled=main, resume_step=state.global_step if resume else None)
+    logger = RunLogger(out, config, enabled=main, resume_step=state.global_step if resume else None)
     bar = tqdm(total=run.total_steps, initial=state.global_step, desc="train", dynamic_ncols=True,
                disable=not (main and tc.progress),
                mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s, not 10/s
@@ -155,6 +155,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
     check_processes_agree(accelerator, model, run)
     save_training_state(accelerator, model, run, state, early)
     bar.close()
+    logger.summary({"steps": state.global_step, "stopped_early": float(early.should_stop),
+                    **({f"best.{tc.early_stopping.metric}": early.best} if early.best is not None else {}),
+                    **{f"last_validation.{k}": v for k, v in (state.last_eval or {}).items()}},
+                   [out / "config.json", out / "metrics.jsonl"])
     logger.close()
     if main and not (out / "best").exists():  # no validation split anywhere: the last model is the best
         save_checkpoint(out / "best", run.export(accelerator.unwrap_model(model)), run.tokenizer, config, run.tasks)

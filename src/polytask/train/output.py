@@ -43,7 +43,8 @@ def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
 def start_output_dir(out: Path, overwrite: bool, config: Config, precision: PrecisionChoice) -> None:
     """Called only once every input has been read and checked: clear an old run (with --overwrite)."""
     if overwrite:
-        for name in ("best", "last", "tensorboard", "metrics.jsonl", "config.json", "report.json", "report.md"):
+        for name in ("best", "last", "tensorboard", "wandb", "tracking.json", "metrics.jsonl", "config.json",
+                     "report.json", "report.md"):
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
