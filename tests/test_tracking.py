@@ -105,6 +105,7 @@ def test_wandb_offline_logs_config_metrics_weights_and_summary(toy_config, build
 
 def test_mlflow_local_store_and_resume(toy_config, build_config, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # nothing may land in the current directory's mlruns/ but what is asked
     from mlflow import MlflowClient
 
     uri = "sqlite:///" + str(tmp_path / "mlruns" / "mlflow.db")
@@ -133,3 +134,4 @@ def test_mlflow_local_store_and_resume(toy_config, build_config, tmp_path, monke
     after = client.get_run(run_id)
     assert "test/mean" in after.data.metrics and "summary/test.mean" in after.data.metrics
     assert {a.path for a in client.list_artifacts(run_id)} >= {"report.md", "MODEL_CARD.md"}
+    assert (tmp_path / "mlruns" / "toy" / run_id / "artifacts" / "report.md").is_file()

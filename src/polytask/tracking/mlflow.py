@@ -34,10 +34,12 @@ class MlflowTracker:
         from mlflow import MlflowClient
 
         tc = config.train.tracking
-        self.client = MlflowClient(tracking_uri=tc.mlflow_uri or default_uri())
+        uri = tc.mlflow_uri or default_uri()
+        self.client = MlflowClient(tracking_uri=uri)
         if run_id is None:
             exp = self.client.get_experiment_by_name(tc.project)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(tc.project)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                tc.project, artifact_location=artifact_location(uri, tc.project))
             run = self.client.create_run(exp_id, run_name=tc.run_name or output_dir.resolve().name,
                                          tags={"polytask.output_dir": str(output_dir.resolve())})
             self.run_id = run.info.run_id
@@ -69,6 +71,15 @@ class MlflowTracker:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside an SQLite store's file (MLflow would put them under the current directory's ``mlruns/``,
+    wherever the store is); other stores keep MLflow's own choice."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///"):]).resolve().parent
+    return (folder / "".join(c if c.isalnum() or c in "-_" else "_" for c in experiment)).as_uri()
 
 
 def _key(name: str) -> str:
