@@ -128,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs timed for the inference-cost comparison (0 to skip)")
     c.set_defaults(func=cmd_compare)
 
+    u = sub.add_parser("tune", help="search hyperparameters (tune.space) with Optuna: one objective or the Pareto "
+                                    "front of the tasks; each trial an ordinary run")
+    u.add_argument("config", help="YAML config file with a tune section")
+    u.add_argument("--trials", type=int, default=None, help="the study's size, counting the trials of an earlier "
+                                                             "run that --resume continues (default: tune.trials)")
+    u.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds")
+    u.add_argument("--study-dir", help="folder for study.db, the trial runs and the report "
+                                       "(default: <train.output_dir>-tune)")
+    u.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry for every trial (repeatable)")
+    u.add_argument("--resume", action="store_true", help="continue the study in --study-dir after an interrupt")
+    u.add_argument("--overwrite", action="store_true", help="delete the study in --study-dir and start over")
+    u.set_defaults(func=cmd_tune)
+
     a = sub.add_parser("affinity", help="which tasks help or hurt each other: gradient cosine and lookahead "
                                         "affinity during a short training run")
     a.add_argument("config", help="YAML config file (at least two tasks)")
@@ -448,6 +462,27 @@ def cmd_compare(args) -> int:
     if dm:
         print(f"delta-m: {dm['mean']:+.2f}% ± {dm['std']:.2f}")
     print(f"report: {result.output_dir / 'comparison.md'}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from polytask.config import apply_override, load_config, read_yaml
+    from polytask.tune import tune
+
+    config = load_config(args.config, args.overrides)
+    source = read_yaml(args.config)
+    for o in args.overrides:
+        apply_override(source, o)
+    result = tune(config, trials=args.trials, study_dir=args.study_dir, resume=args.resume,
+                  overwrite=args.overwrite, timeout=args.timeout, source=source, progress=config.train.progress)
+    summary = json.loads((result.study_dir / "tune_result.json").read_text(encoding="utf-8"))
+    values = "  ".join(f"{n}={v:.4f}" for n, v in zip(summary["objective"], summary["best_values"]))
+    print(f"best trial {summary['best_trial']}: validation {values}")
+    if summary["test"]:
+        print("  its test split: " + "  ".join(f"{t}={v:.4f}" for t, v in summary["test"].items()))
+    print("  " + "  ".join(f"{k}={v}" for k, v in summary["best_params"].items()))
+    print(f"best config: {summary['best_config']}  (polytask train {summary['best_config']})")
+    print(f"report: {result.report}")
     return 0
 
 

@@ -501,12 +501,38 @@ class TrainConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``tune:`` — what ``polytask tune`` searches (every other command ignores this section).
+
+    ``space``: dotted config keys -> a distribution: ``{uniform: [lo, hi]}``, ``{log_uniform: [lo, hi]}``,
+    ``{int: [lo, hi]}``, ``{log_int: [lo, hi]}`` or ``{choice: [a, b, ...]}``. ``objective``: ``mean`` (the
+    validation mean of the main metrics), ``loss``, ``<task>`` (its main metric), ``<task>.<metric>``, or
+    ``pareto`` (every task's main metric: a multi-objective study, NSGA-II). ``sampler``: ``auto`` (TPE, NSGA-II
+    for pareto), ``tpe``, ``random``, ``nsga2``. ``pruner``: stops weak trials from their per-validation
+    objective — ``auto`` (median; none for pareto, which Optuna cannot prune), ``median``, ``halving``
+    (successive halving), ``none``; ``startup_trials``: trials that always finish before pruning starts.
+    ``trials``: the study's size (``--trials`` overrides)."""
+
+    space: dict[str, Any] = field(default_factory=dict)
+    objective: str = "mean"
+    sampler: Literal["auto", "tpe", "random", "nsga2"] = "auto"
+    pruner: Literal["auto", "median", "halving", "none"] = "auto"
+    startup_trials: int = 3
+    trials: int = 20
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.space)
+
+
+@dataclass
 class Config:
-    """The whole run: ``model``, ``tasks`` (name -> TaskConfig) and ``train``."""
+    """The whole run: ``model``, ``tasks`` (name -> TaskConfig), ``train``, and ``tune`` (``polytask tune``)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self) -> Config:
         """Check the combinations that types alone can't; raise UserError naming the key."""
@@ -627,6 +653,10 @@ class Config:
         self._validate_mutual()
         self._validate_continual()
         self._validate_meta()
+        if self.tune != TuneConfig():
+            from polytask.tune.space import check_tune
+
+            check_tune(self)
         return self
 
     def _validate_meta(self) -> None:
@@ -787,6 +817,8 @@ class Config:
             del d["train"]["meta"]  # off: configs (and saved checkpoints) read as before meta-learning existed
         if not self.train.continual.enabled:
             del d["train"]["continual"]  # off: configs (and saved checkpoints) read as before continual learning
+        if self.tune == TuneConfig():
+            del d["tune"]  # no search: configs (and saved checkpoints) read as before polytask tune existed
         return d
 
     @classmethod

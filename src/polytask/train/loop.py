@@ -56,6 +56,9 @@ class TrainResult:
     stopped_early: bool
     model: Any = None  # the trained model as it is at the end (best/ may hold an earlier one)
     is_main_process: bool = True  # False in the other processes of a multi-process run
+    best_step: int = -1  # the step whose validation best/ holds (-1: no validation)
+    main_metrics: dict[str, str] | None = None  # task -> the main metric its validation is scored by
+    stopped_by_hook: bool = False  # a hook's after_eval asked to stop (e.g. a pruned tuning trial)
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: Sequence[Any] = ()) -> TrainResult:
@@ -63,7 +66,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
 
     ``hooks``: measurement objects with ``before_step(accelerator, model, run, window, step)`` and
     ``after_step(step)``, called around every optimizer step with the unwrapped model (``polytask affinity``
-    uses one). They observe; they must not change gradients or parameters."""
+    uses one), and optionally ``after_eval(step, metrics) -> bool`` after each validation but the last, whose
+    True ends the run there as early stopping would (``polytask tune`` prunes weak trials so). They observe;
+    they must not change gradients or parameters."""
     tc = config.train
     out = Path(tc.output_dir)
     check_output_dir(out, resume, overwrite)
@@ -106,6 +111,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
                mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s, not 10/s
     running: dict[str, list[float]] = defaultdict(list)  # task -> losses since the last log line
     stop = state.finished
+    stopped_by_hook = False
 
     for epoch in range(state.epoch, run.epochs):
         if stop:
@@ -146,6 +152,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
                 log_train(logger, bar, run, running, step, epoch + i / len(batches))
             if (tc.eval_steps and step % tc.eval_steps == 0) or i == len(batches) or done:
                 stop = validate_and_save(accelerator, model, run, state, early, logger, bar) or done
+                # a run that goes on may be stopped by a hook (one ending anyway has nothing left to save)
+                if not stop and any([h.after_eval(step, state.last_eval) for h in hooks if hasattr(h, "after_eval")]):
+                    stop = stopped_by_hook = True
             elif tc.save_steps and step % tc.save_steps == 0:
                 save_training_state(accelerator, model, run, state, early)
 
@@ -168,7 +177,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
     accelerator.wait_for_everyone()
     return TrainResult(out, out / "best", state.global_step, early.best, state.last_eval,
                        stopped_early=early.should_stop, model=run.export(accelerator.unwrap_model(model)),
-                       is_main_process=main)
+                       is_main_process=main, best_step=early.best_step,
+                       main_metrics={n: t.main_metric for n, t in run.tasks.items()}, stopped_by_hook=stopped_by_hook)
 
 
 def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str, list[int]]],

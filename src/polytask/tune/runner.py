@@ -1,0 +1,238 @@
+"""``polytask tune``: an Optuna study over a config's ``tune.space``, each trial an ordinary training run.
+
+The study lives in ``<study-dir>/study.db`` (SQLite), each trial's run in ``<study-dir>/trial-NNN/``. A trial's
+objective is read from the validation that its ``best/`` checkpoint was kept at (the ``mean``, ``loss``, a task's
+metric, or every task's main metric for ``pareto``); a pruner sees the objective after every validation through
+the training loop's ``after_eval`` hook and may end a weak trial there (it changes no gradient). ``--resume``
+continues a study after an interrupt: trials that were cut short are run again with the same parameters.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polytask.errors import NotSupportedError, UserError
+from polytask.tune.space import objective_keys, parse_space, trial_config
+
+STUDY_NAME = "polytask"
+
+
+@dataclass
+class TuneResult:
+    study_dir: Path
+    study: Any  # optuna.Study
+    best_configs: list[Path]  # best.yaml (and, for pareto, one YAML per Pareto-optimal trial)
+    report: Path
+
+
+class PruneOnValidation:
+    """Training-loop hook: after each validation, report the trial's objective to Optuna (step = the
+    validation's number) and ask the loop to stop when the pruner says so."""
+
+    def __init__(self, trial, read):
+        self.trial, self.read, self.evals, self.pruned = trial, read, 0, False
+
+    def before_step(self, accelerator, model, run, window, step) -> None:
+        pass
+
+    def after_step(self, step) -> None:
+        pass
+
+    def after_eval(self, step: int, metrics: dict[str, float]) -> bool:
+        value = self.read(metrics)
+        self.evals += 1
+        if value is None or math.isnan(value):
+            return False
+        self.trial.report(value, self.evals)
+        self.pruned = self.trial.should_prune()
+        return self.pruned
+
+
+def tune(config, trials: int | None = None, study_dir: str | Path | None = None, resume: bool = False,
+         overwrite: bool = False, timeout: float | None = None, source: dict[str, Any] | None = None,
+         progress: bool = True) -> TuneResult:
+    """Run (or continue) the study of ``config.tune`` and write its report and best config(s).
+
+    ``trials``: the study's size, counting the trials of an earlier run that ``resume`` continues (default
+    ``tune.trials``); ``timeout``: stop starting new trials after this many seconds; ``source``: the config as
+    written (the YAML's mapping), from which the best config is written so that it reads like the user's own."""
+    import optuna
+
+    from polytask.tasks import TASK_TYPES
+    from polytask.tune.report import write_report
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise NotSupportedError("tune runs its trials one after another in one process; start it with "
+                                "'polytask tune', not under 'accelerate launch' with several processes")
+    tc = config.tune
+    if not tc.enabled:
+        raise UserError("polytask tune needs a tune section naming what to search, e.g.\n"
+                        "tune:\n  space:\n    train.lr: {log_uniform: [1.0e-5, 3.0e-4]}")
+    total = trials if trials is not None else tc.trials
+    if total < 1:
+        raise UserError(f"--trials must be at least 1, got {total}")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    out = Path(study_dir) if study_dir else Path(str(config.train.output_dir).rstrip("/") + "-tune")
+    db = out / "study.db"
+    if db.exists() and not (resume or overwrite):
+        raise UserError(f"{out} already holds a study; add --resume to continue it or --overwrite to start over "
+                        "(or choose --study-dir)")
+    if resume and not db.exists():
+        raise UserError(f"cannot resume: {out} holds no study (no study.db)")
+    if out.exists() and any(out.iterdir()) and not db.exists():
+        raise UserError(f"{out} exists and is not a study folder; choose another --study-dir")
+    params = parse_space(tc.space)
+    names, directions = objective_keys(config)
+    if overwrite and db.exists():
+        import shutil
+
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.json").write_text(json.dumps({"objective": names, "directions": directions,
+                                               "space": tc.space, "config": config.to_dict()},
+                                              indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{db.resolve()}", study_name=STUDY_NAME,
+                                directions=directions, sampler=make_sampler(tc, config.train.seed),
+                                pruner=make_pruner(tc), load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != directions:
+        raise UserError(f"{out}: the study was started with another objective ({study.directions}); use "
+                        "--overwrite to start over")
+    retried = requeue_interrupted(study)
+    if retried:
+        print(f"tune: {len(retried)} interrupted trial(s) queued again with the same parameters: "
+              + ", ".join(f"#{n}" for n in retried))
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    remaining = max(total - done, 0)
+    start = time.perf_counter()
+
+    def objective(trial) -> float | list[float]:
+        values = {p.key: p.suggest(trial) for p in params}
+        run_dir = out / f"trial-{trial.number:03d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            cfg = trial_config(config, values, str(run_dir))
+        except UserError as e:  # an impossible combination of values: this trial fails, the study goes on
+            trial.set_user_attr("error", str(e))
+            print(f"tune: trial {trial.number} failed: {e}", flush=True)
+            raise
+        if len(names) == 1 and names[0] not in cfg.tasks:  # mean, loss, <task>.<metric>: keep the best by it
+            cfg.train.early_stopping.metric = names[0]
+        cfg.train.progress = progress and cfg.train.progress
+        shown = "  ".join(f"{k}={_short(v)}" for k, v in values.items())
+        finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+        print(f"tune: trial {trial.number} ({finished + 1}/{total}): {shown}", flush=True)
+        from polytask.train.loop import train
+
+        guess = {t: c.metric or TASK_TYPES.get(c.type).main_metric for t, c in cfg.tasks.items()}
+        hook = PruneOnValidation(trial, lambda m: read_objective(names, m, guess)[0]) if len(names) == 1 else None
+        t0 = time.perf_counter()
+        result = train(cfg, overwrite=True, hooks=[hook] if hook else [])
+        trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+        trial.set_user_attr("steps", result.global_step)
+        found = best_validation(run_dir, result.best_step)
+        trial.set_user_attr("validation", found)
+        main = result.main_metrics or {}
+        del result
+        gc.collect()
+        if hook is not None and hook.pruned:
+            print(f"tune: trial {trial.number} pruned after validation {hook.evals}", flush=True)
+            raise optuna.TrialPruned()
+        got = read_objective(names, found, main)
+        if any(v is None for v in got):
+            raise UserError(f"trial {trial.number}: no validation figure for {names} (does every task have a "
+                            "validation split?)")
+        print(f"tune: trial {trial.number}: " + "  ".join(f"{n}={v:.4f}" for n, v in zip(names, got)), flush=True)
+        return got[0] if len(got) == 1 else got
+
+    if remaining:
+        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(UserError,))
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        raise UserError(f"no trial of {out} finished (all pruned or failed); see the trial folders")
+    best_configs, report = write_report(study, config, names, directions, out, source,
+                                        seconds=time.perf_counter() - start)
+    return TuneResult(out, study, best_configs, report)
+
+
+def read_objective(names: list[str], metrics: dict[str, float], main: dict[str, str] | None) -> list[float | None]:
+    """The objective's values from flat validation metrics (``main``: task -> its main metric, for objectives
+    named by a task; while training, the configured or the type's default one)."""
+    out = []
+    for n in names:
+        if n in metrics:
+            out.append(metrics[n])
+        elif main and n in main:
+            out.append(metrics.get(f"{n}.{main[n]}"))
+        else:
+            out.append(None)
+    return out
+
+
+def best_validation(run_dir: Path, best_step: int) -> dict[str, float]:
+    """The flat validation metrics logged at ``best_step`` (the validation ``best/`` was kept at)."""
+    found: dict[str, float] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        if rec.get("type") == "eval" and rec.get("step") == best_step:
+            found = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k not in ("step", "epoch",
+                                                                                                 "time", "best")}
+    return found
+
+
+def requeue_interrupted(study) -> list[int]:
+    """Trials left RUNNING (the process was killed) or FAILED by an interrupt are marked failed and their
+    parameters queued again, once each (the study remembers which). Returns their numbers."""
+    from optuna.trial import TrialState
+
+    requeued = set(study.user_attrs.get("requeued", []))
+    numbers = []
+    for t in study.trials:
+        if t.state == TrialState.RUNNING:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        elif t.state != TrialState.FAIL or "error" in t.user_attrs:  # failed by its own values: not again
+            continue
+        if t.number in requeued:
+            continue
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        numbers.append(t.number)
+    if numbers:
+        study.set_user_attr("requeued", sorted(requeued | set(numbers)))
+    return numbers
+
+
+def make_sampler(tc, seed: int):
+    import optuna
+
+    kind = tc.sampler if tc.sampler != "auto" else ("nsga2" if tc.objective == "pareto" else "tpe")
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(tc.startup_trials, 1))
+
+
+def make_pruner(tc):
+    import optuna
+
+    kind = tc.pruner if tc.pruner != "auto" else ("none" if tc.objective == "pareto" else "median")
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=0)
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3,
+                                                      min_early_stopping_rate=0)
+    return optuna.pruners.NopPruner()
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
