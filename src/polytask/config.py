@@ -440,6 +440,26 @@ class ContinualConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """``train.augment:`` — robustness training on noisy copies of the training rows (``polytask.augment``).
+    ``noise``: noises of the suite ``polytask robustness`` uses (typo_swap, typo_drop, typo_insert,
+    typo_keyboard, casing, punctuation, whitespace, word_dropout; char_drop, char_swap, char_duplicate for
+    Chinese); empty: off. ``rate``: the probability that a word (or Chinese character) is hit; ``prob``: the
+    probability that a training row gets a noisy copy in its batch; ``consistency``: the weight of the divergence
+    between clean and noisy predictions (0: none); ``tasks``: the tasks whose rows get copies (null: all)."""
+
+    noise: list[str] = field(default_factory=list)
+    rate: float = 0.1
+    prob: float = 0.5
+    consistency: float = 0.0
+    tasks: list[str] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.noise)
+
+
+@dataclass
 class TrackingConfig:
     """``train.tracking:`` — options of the trackers named in ``train.report_to``. ``project``: the W&B project and
     the MLflow experiment; ``run_name``: the tracked run's name (null: the run folder's name); ``wandb_mode``:
@@ -488,6 +508,7 @@ class TrainConfig:
     mutual: MutualConfig = field(default_factory=MutualConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # experiment trackers beside metrics.jsonl: tensorboard, wandb, mlflow (each imported only when named here)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -653,11 +674,44 @@ class Config:
         self._validate_mutual()
         self._validate_continual()
         self._validate_meta()
+        self._validate_augment()
         if self.tune != TuneConfig():
             from polytask.tune.space import check_tune
 
             check_tune(self)
         return self
+
+    def _validate_augment(self) -> None:
+        from polytask.robustness.noise import NOISES
+
+        a = self.train.augment
+        for n in a.noise:
+            if n not in NOISES:
+                _bad("train.augment.noise", n, "names from the noise suite: " + ", ".join(NOISES))
+        if len(set(a.noise)) != len(a.noise):
+            _bad("train.augment.noise", a.noise, "each noise once")
+        if not 0.0 < a.rate <= 1.0:
+            _bad("train.augment.rate", a.rate, "a number in (0, 1]: the probability that a word is hit")
+        if not 0.0 < a.prob <= 1.0:
+            _bad("train.augment.prob", a.prob, "a number in (0, 1]: the probability that a row gets a noisy copy")
+        if a.consistency < 0:
+            _bad("train.augment.consistency", a.consistency, "a number >= 0 (0: no consistency term)")
+        for t in a.tasks or []:
+            if t not in self.tasks:
+                _bad("train.augment.tasks", a.tasks, "null (every task) or names of configured tasks ("
+                     + ", ".join(self.tasks) + ")")
+        if a.tasks is not None and not a.tasks:
+            _bad("train.augment.tasks", a.tasks, "null (every task) or a non-empty list of task names")
+        if not a.enabled:
+            if a != AugmentConfig():
+                raise UserError("config key 'train.augment' has options but no noise; set train.augment.noise, "
+                                "e.g. [typo_swap, typo_drop, typo_keyboard, casing]")
+            return
+        for other, on in (("train.adversarial", self.train.adversarial.method != "none"),
+                          ("train.distill", self.train.distill.enabled), ("train.mutual", self.train.mutual.enabled),
+                          ("train.meta", self.train.meta.enabled)):
+            if on:
+                raise NotSupportedError(f"train.augment with {other} is not supported; remove one of them")
 
     def _validate_meta(self) -> None:
         m = self.train.meta
@@ -815,6 +869,8 @@ class Config:
             del d["train"]["mutual"]
         if not self.train.meta.enabled:
             del d["train"]["meta"]  # off: configs (and saved checkpoints) read as before meta-learning existed
+        if self.train.augment == AugmentConfig():
+            del d["train"]["augment"]  # off: configs (and saved checkpoints) read as before augmentation existed
         if not self.train.continual.enabled:
             del d["train"]["continual"]  # off: configs (and saved checkpoints) read as before continual learning
         if self.tune == TuneConfig():

@@ -35,10 +35,16 @@ from polytask.tasks import Example, TaskType
 
 def perturb(ex: Example, task: TaskType, noise: str, rate: float, seed: int, index: int) -> Example:
     """One example under one noise; tagging labels follow the units (module doc of ``noise``)."""
+    return perturb_units(ex, task, noise, rate, seed, index)[0]
+
+
+def perturb_units(ex: Example, task: TaskType, noise: str, rate: float, seed: int,
+                  index: int) -> tuple[Example, list[int | None] | None]:
+    """``perturb``, and for a tagging task the origin of each new unit (None for the other task types)."""
     rng = example_rng(seed, noise, index)
     if task.level != "token":
         pair = noisy_text(ex.text_pair, noise, rate, rng) if ex.text_pair else ex.text_pair
-        return dataclasses.replace(ex, text=noisy_text(ex.text, noise, rate, rng), text_pair=pair)
+        return dataclasses.replace(ex, text=noisy_text(ex.text, noise, rate, rng), text_pair=pair), None
     words = isinstance(ex.text, list)
     units = Units.of(ex.text, " ") if words else Units.of(list(ex.text), "")
     noisy = apply_noise(units, noise, rate, rng, word_units=words)
@@ -46,7 +52,7 @@ def perturb(ex: Example, task: TaskType, noise: str, rate: float, seed: int, ind
     if ex.label is not None:
         label = [fit_tag(t, task.labels) for t in realign_tags(list(ex.label), noisy)]
     text = noisy.items if words else "".join(noisy.items)
-    return dataclasses.replace(ex, text=text, label=label)
+    return dataclasses.replace(ex, text=text, label=label), noisy.origin
 
 
 def fit_tag(tag: str, known: list[str]) -> str:

@@ -198,10 +198,14 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
     seen: dict[str, list[float]] = {}
     for g, group in enumerate(groups):
         batches = [run.collate(src, rows) for src, rows in group]
+        if run.augment is not None:  # noisy copies of some rows appended to each batch (train.augment)
+            batches = [run.augment.extend(b, run.sources[src], rows, step) for b, (src, rows) in zip(batches, group)]
         names = [t for b in batches for t in b["parts"]]
         adversarial = [t for t in names if run.adversarial is not None and t in run.adversarial.tasks]
-        # one stacked input (adversarial methods perturb one embedding tensor), or segments of similar length
+        # one stacked input (adversarial methods perturb one embedding tensor), or segments of similar length;
+        # under augmentation one segment per batch, so that its clean/noisy pairs keep their row positions
         segments = ([stack_sources(batches, run.pad_id, run.tasks)] if adversarial
+                    else [stack_sources([b], run.pad_id, run.tasks) for b in batches] if run.augment is not None
                     else segment_sources(batches, run.pad_id, run.tasks))
         # parts: task -> (its rows' positions in its segment [n_t], its labels [n_t, ...])
         parts = {t: (pos.to(accelerator.device), labels.to(accelerator.device))
@@ -222,6 +226,9 @@ def train_step(accelerator: Accelerator, model, run: Run, window: list[tuple[str
                     objective, clean = run.distiller.objective(objective, logits, parts, batches, segments)
                 if run.mutual is not None:  # every peer's loss and its divergence to the other peers
                     objective, clean = run.mutual.objective(logits, parts, segments, unwrapped, step)
+                if run.augment is not None:  # the divergence of noisy predictions from clean ones (consistency)
+                    for b in batches:
+                        objective = run.augment.objective(objective, logits, b)
 
             def backward(loss: torch.Tensor, **kwargs: Any) -> None:
                 accelerator.backward(loss / len(groups), **kwargs)  # mean over the window's groups

@@ -56,6 +56,7 @@ class Run:
     steps_per_epoch: int
     continual: Any = None  # polytask.continual.Continual, or None without train.continual
     meta: Any = None  # polytask.meta.MetaLearner, or None without train.meta (then plan is an EpisodePlan)
+    augment: Any = None  # polytask.augment.NoiseAugmentation, or None without train.augment
 
     @property
     def pad_id(self) -> int:
@@ -105,10 +106,16 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
         model = PeerModel(peers)
         mutual = Mutual(tc.mutual, tasks)
     sources = {s.name: s for s in build_sources(config, trained) + distill_sources(data)}
+    augment = None
+    if tc.augment.enabled:  # noisy copies of the training rows, appended to their batches
+        from polytask.augment import NoiseAugmentation
+
+        augment = NoiseAugmentation(tc.augment, tasks, data, sources, tokenizer, config.model.max_length, tc.seed)
     if rank == 0:
         lines = [describe_parameters(model if mutual is None else model.peers[0], config.model.peft)] + describe(
             list(sources.values())) + (distiller.describe(model, data) if distiller else []) + (
-            mutual.describe() if mutual else []) + (continual.describe() + notes if continual else [])
+            mutual.describe() if mutual else []) + (continual.describe() + notes if continual else []) + (
+            augment.describe() if augment else [])
         for line in lines:
             print(f"polytask: {line}", file=sys.stderr, flush=True)
     method = WEIGHTINGS.get(tc.weighting.method)
@@ -153,7 +160,7 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     adv = tc.adversarial
     adversarial = None if adv.method == "none" else ADVERSARIAL.get(adv.method)(adv.options, adv.tasks or list(tasks))
     return Run(config, tokenizer, tasks, data, model, optimizer, scheduler, plan, sources, weighting, adversarial,
-               distiller, mutual, epochs, total_steps, steps_per_epoch, continual, meta)
+               distiller, mutual, epochs, total_steps, steps_per_epoch, continual, meta, augment)
 
 
 def load_base(cfg) -> tuple[dict[str, TaskType], MultiTaskModel, Config]:
