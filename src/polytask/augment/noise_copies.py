@@ -106,25 +106,36 @@ class NoiseAugmentation:
         noises = self.noises.get(source.name)
         if not noises or source.split != "train":
             return batch
-        copies = []  # (position of the clean row in the batch, {task: (feature, origin, clean feature)})
+        drawn = []  # (position of the clean row in the batch, {task: (noisy example, origin, feature index)})
         for k, r in enumerate(rows):
             rng = random.Random(zlib.crc32(f"{self.seed}:{step}:{source.name}:{r}".encode()))
             if rng.random() >= self.cfg.prob:
                 continue
             noise, noise_seed = rng.choice(noises), rng.randrange(2 ** 31)
-            made, inputs = {}, set()
+            made = {}
             for t in source.tasks:
                 i = source.index[t][r]
-                if i < 0:
-                    continue
-                task = self.tasks[t]
-                ex, origin = perturb_units(self.data[t].examples["train"][i], task, noise, self.cfg.rate,
-                                           noise_seed, 0)
-                feature = task.encode([ex], self.tokenizer, self.max_length)[0]
-                made[t] = (feature, origin, self.data[t].features["train"][i])
+                if i >= 0:
+                    ex, origin = perturb_units(self.data[t].examples["train"][i], self.tasks[t], noise,
+                                               self.cfg.rate, noise_seed, 0)
+                    made[t] = (ex, origin, i)
+            drawn.append((k, made))
+        encoded: dict[str, list[dict[str, Any]]] = {}  # one tokenizer call per task for the batch's copies
+        for t in source.tasks:
+            mine = [made[t][0] for _, made in drawn if t in made]
+            if mine:
+                encoded[t] = self.tasks[t].encode(mine, self.tokenizer, self.max_length)
+        copies = []  # (position of the clean row in the batch, {task: (feature, origin, clean feature)})
+        seen = {t: 0 for t in encoded}
+        for k, made in drawn:
+            row, inputs = {}, set()
+            for t, (_, origin, i) in made.items():
+                feature = encoded[t][seen[t]]
+                seen[t] += 1
+                row[t] = (feature, origin, self.data[t].features["train"][i])
                 inputs.add((tuple(feature["input_ids"]), tuple(feature.get("token_type_ids", ()))))
-            if made and len(inputs) == 1:  # the tasks of a joint row must still read one input
-                copies.append((k, made))
+            if row and len(inputs) == 1:  # the tasks of a joint row must still read one input
+                copies.append((k, row))
         if not copies:
             return batch
         pad_id = self.tokenizer.pad_token_id or 0
