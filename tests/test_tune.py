@@ -55,9 +55,14 @@ def test_bad_objectives_and_combinations(toy_config, build_config):
     with pytest.raises(UserError, match=r"unknown config key 'tune.spaces'"):
         build_config(with_tune(toy_config(), spaces=space))
     cfg = build_config(with_tune(toy_config(), space=space, objective="token"))
-    assert "tune" not in polytask.load_config(data=cfg.to_dict()).to_dict() or cfg.tune.enabled
-    # without a tune section the saved config reads as before tune existed
-    assert "tune" not in build_config(toy_config()).to_dict()
+    assert cfg.tune.enabled and "tune" not in cfg.to_dict()  # runs and checkpoints are saved without it
+    # --set tune.space.train.head_lr=... nests the key; it reads as the dotted one
+    cfg = build_config(with_tune(toy_config(), space=space), ["tune.space.train.head_lr={uniform: [1.0e-4, 1.0e-3]}"])
+    from polytask.tune import parse_space
+
+    assert [p.key for p in parse_space(cfg.tune.space)] == ["train.lr", "train.head_lr"]
+    with pytest.raises(UserError, match=r"tune.space.train.lrr.*unknown config key 'train.lrr'"):
+        build_config(with_tune(toy_config(), space=space), ["tune.space.train.lrr={uniform: [1.0e-4, 1.0e-3]}"])
     # the CLI: exit 2 with one message, nothing written
     assert main(["tune", "/nonexistent.yaml"]) == 2
 

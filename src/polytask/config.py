@@ -873,8 +873,7 @@ class Config:
             del d["train"]["augment"]  # off: configs (and saved checkpoints) read as before augmentation existed
         if not self.train.continual.enabled:
             del d["train"]["continual"]  # off: configs (and saved checkpoints) read as before continual learning
-        if self.tune == TuneConfig():
-            del d["tune"]  # no search: configs (and saved checkpoints) read as before polytask tune existed
+        del d["tune"]  # only polytask tune reads it: runs, trials and checkpoints are saved without it
         return d
 
     @classmethod

@@ -54,9 +54,23 @@ class Param:
         return [self.low, self.high]
 
 
+def flatten_space(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys as written, or nested mappings (what ``--set tune.space.train.lr=...`` makes) flattened:
+    ``{train: {lr: {uniform: [..]}}}`` -> ``{"train.lr": {uniform: [..]}}``."""
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        nested = (isinstance(spec, dict) and spec and not set(spec) & set(KINDS)
+                  and all(isinstance(v, dict) for v in spec.values()))
+        if nested:
+            out.update(flatten_space(spec, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = spec
+    return out
+
+
 def parse_space(space: dict[str, Any]) -> list[Param]:
     out = []
-    for key, spec in space.items():
+    for key, spec in flatten_space(space).items():
         where = f"tune.space.{key}"
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
             raise UserError(f"config key '{where}' has bad value {spec!r}; allowed: one of "
