@@ -106,7 +106,7 @@ def probe(encoder: str, task, train, test, max_length: int) -> float:
     return 100 * task.metrics(predictions, [e.label for e in test])[task.main_metric]
 
 
-def setfit_score(encoder: str, task, train, test) -> float:
+def setfit_score(encoder: str, task, train, test, out: Path) -> float:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -114,7 +114,10 @@ def setfit_score(encoder: str, task, train, test) -> float:
 
     model = SetFitModel.from_pretrained(str(resolve_encoder(encoder)))
     data = Dataset.from_dict({"text": [e.text for e in train], "label": [e.label for e in train]})
-    Trainer(model=model, args=TrainingArguments(batch_size=16, num_epochs=1), train_dataset=data).train()
+    # output_dir: SetFit's trainer writes checkpoints there (by default into ./checkpoints of the current folder)
+    args = TrainingArguments(batch_size=16, num_epochs=1, output_dir=str(out))
+    Trainer(model=model, args=args, train_dataset=data).train()
+    shutil.rmtree(out, ignore_errors=True)
     pred = [str(p) for p in model.predict([e.text for e in test])]
     task.set_labels(sorted({e.label for e in train + test}))
     return 100 * task.metrics([{"label": p} for p in pred], [e.label for e in test])[task.main_metric]
@@ -129,7 +132,7 @@ def measure(method: str, encoder: str, task, train, test, max_length: int, start
     if method == "probe":
         score = probe(encoder, task, train, test, max_length)
     elif method == "setfit":
-        score = setfit_score(encoder, task, train, test)
+        score = setfit_score(encoder, task, train, test, cell / "setfit")
     else:
         r = adapt(start, task_file, shots=k, seeds=1, output=str(cell / "adapt"),
                   overrides=[*adapt_set, f"train.seed={seed}"], overwrite=True)
