@@ -74,11 +74,11 @@ def main() -> None:
     for m in methods:
         if m != "none" and m not in AUGMENT:
             ADVERSARIAL.get(m, where="--methods").check_options(options, "--option")
+    if "none" not in methods:
+        methods.insert(0, "none")
     method_config = {m: ({"augment": {**augment, "consistency": args.consistency if m == AUGMENT[1] else 0.0}}
                          if m in AUGMENT else {"adversarial": {"method": m, **(options if m != "none" else {})}})
                      for m in methods}
-    if "none" not in methods:
-        methods.insert(0, "none")
     out, overrides, base = budget(args, example, "bench-adversarial", [])
     train_n, eval_n, seeds_n = args.train_samples, args.eval_samples, args.seeds
     print(f"machine: {machine()}")

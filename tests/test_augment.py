@@ -130,3 +130,41 @@ def test_training_with_augmentation_is_deterministic(toy_config, build_config, t
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the copies changed what was learnt
     assert a.validation and all(v == v for v in a.validation.values())  # finite metrics
+
+
+def joint_config(tmp_path, tiny_encoder, augment: dict) -> dict:
+    """Two tasks reading one file (a sentence label and word tags of the same utterances): one joint source."""
+    from tests.conftest import toy_rows, write_jsonl
+
+    files = {}
+    for split, n, seed in (("train", 32, 0), ("validation", 8, 1)):
+        rows = [{"text": " ".join(r["words"]), "words": r["words"], "tags": r["tags"],
+                 "label": "west" if any(t != "O" and w in ("seattle", "phoenix", "denver", "miami")
+                                        for w, t in zip(r["words"], r["tags"])) else "east"}
+                for r in toy_rows("token", n, seed)]
+        files[split] = str(write_jsonl(tmp_path / "joint" / f"{split}.jsonl", rows))
+    return {"model": {"encoder": str(tiny_encoder), "max_length": 32},
+            "tasks": {"region": {"type": "classification", "text": "text", "label": "label", **files},
+                      "city": {"type": "token_classification", "text": "words", "label": "tags", **files}},
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 8, "precision": "fp32",
+                      "progress": False, "tensorboard": False, "augment": augment}}
+
+
+def test_joint_rows_share_one_noisy_text_and_augment_tasks_is_honoured(tmp_path, tiny_encoder, build_config):
+    run = build_run(build_config(joint_config(tmp_path, tiny_encoder, {**AUG, "prob": 1.0})))
+    (source,) = run.sources
+    assert source == "region+city"
+    rows, batch = noisy_batch(run, source, step=0)
+    n = len(rows)
+    assert batch["input_ids"].shape[0] == 2 * n  # every row copied once, one input for both tasks
+    for t in ("region", "city"):
+        pos, _ = batch["parts"][t]
+        assert pos.tolist() == list(range(2 * n))
+    assert "whitespace" not in run.augment.noises[source]  # (the word-tagged task rules it out for the row)
+    # only the city task trains on the copies: the region task has no label on them
+    only = build_run(build_config(joint_config(tmp_path, tiny_encoder, {**AUG, "prob": 1.0, "tasks": ["city"]})))
+    rows, batch = noisy_batch(only, source, step=0)
+    assert batch["input_ids"].shape[0] == 2 * n
+    assert batch["parts"]["region"][0].tolist() == list(range(n))
+    assert batch["parts"]["city"][0].tolist() == list(range(2 * n))
+    assert set(batch["pairs"]) == {"city"}

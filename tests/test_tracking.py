@@ -3,6 +3,7 @@ metrics, the learned task weights and the final summary; --resume and evaluate c
 
 from __future__ import annotations
 
+import importlib
 import json
 import struct
 
@@ -65,8 +66,10 @@ def test_missing_package_says_how_to_install(toy_config, build_config, monkeypat
     import sys
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without wandb does on import
-    with pytest.raises(UserError, match=r"wandb package is not installed; pip install 'polytask\[wandb\]'"):
-        polytask.train(build_config(toy_config(["classification"], train={"report_to": ["wandb"]})))
+    # refused when the config is loaded, before any model is read or any run folder touched
+    with pytest.raises(UserError, match=r"train.report_to' names wandb, but the wandb package is not installed; "
+                                        r"pip install 'polytask\[wandb\]'"):
+        build_config(toy_config(["classification"], train={"report_to": ["wandb"]}))
 
 
 def test_wandb_offline_logs_config_metrics_weights_and_summary(toy_config, build_config, monkeypatch):
@@ -79,7 +82,7 @@ def test_wandb_offline_logs_config_metrics_weights_and_summary(toy_config, build
     ids = json.loads((run / "tracking.json").read_text())
     assert list(ids) == ["wandb"]
     (folder,) = (run / "wandb").glob("offline-run-*")
-    assert folder.name.endswith(ids["wandb"])
+    assert folder.name.endswith(ids["wandb"]["id"])
     history = wandb_history(run)
     evals = [h for h in history if "eval/mean" in h]
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -99,7 +102,7 @@ def test_wandb_offline_logs_config_metrics_weights_and_summary(toy_config, build
     # evaluate adds the test split to the same tracked run
     assert main(["evaluate", str(run), "--split", "test"]) == 0
     runs = sorted((run / "wandb").glob("offline-run-*"))
-    assert all(r.name.endswith(ids["wandb"]) for r in runs) and len(runs) == 2
+    assert all(r.name.endswith(ids["wandb"]["id"]) for r in runs) and len(runs) == 2
     assert any("test/mean" in h and h["_step"] == result.global_step for h in wandb_history(run))
 
 
@@ -108,16 +111,15 @@ def test_mlflow_local_store_and_resume(toy_config, build_config, tmp_path, monke
     monkeypatch.chdir(tmp_path)  # nothing may land in the current directory's mlruns/ but what is asked
     from mlflow import MlflowClient
 
-    uri = "sqlite:///" + str(tmp_path / "mlruns" / "mlflow.db")
-    (tmp_path / "mlruns").mkdir()
+    uri = "sqlite:///" + str(tmp_path / "mlruns" / "mlflow.db")  # what the default (./mlruns) resolves to here
     data = toy_config(["classification", "token"], n_train=16, n_eval=8,
-                      train={"report_to": ["mlflow"], "tracking": {"mlflow_uri": uri, "project": "toy"}, "epochs": 1,
-                             "save_steps": 2})
+                      train={"report_to": ["mlflow"], "tracking": {"project": "toy"}, "epochs": 1, "save_steps": 2})
     # interrupted before step 3 (state saved at step 2), then resumed to the end: one tracked run throughout
     result = interrupt_and_resume(build_config(data), 3, monkeypatch)
     assert result.global_step == 4
     ids = json.loads((result.output_dir / "tracking.json").read_text())
-    run_id = ids["mlflow"]
+    run_id = ids["mlflow"]["id"]
+    assert ids["mlflow"]["uri"] == uri
     client = MlflowClient(tracking_uri=uri)
     assert len(client.search_runs([client.get_experiment_by_name("toy").experiment_id])) == 1
     info = client.get_run(run_id)
@@ -130,8 +132,34 @@ def test_mlflow_local_store_and_resume(toy_config, build_config, tmp_path, monke
     assert info.info.status == "FINISHED"
     assert "summary/steps" in info.data.metrics and info.data.metrics["summary/steps"] == 4
     assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "metrics.jsonl"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # evaluate from another folder finds the store the training used
     assert main(["evaluate", str(result.output_dir), "--split", "test"]) == 0
+    assert not (elsewhere / "mlruns").exists()
     after = client.get_run(run_id)
     assert "test/mean" in after.data.metrics and "summary/test.mean" in after.data.metrics
     assert {a.path for a in client.list_artifacts(run_id)} >= {"report.md", "MODEL_CARD.md"}
     assert (tmp_path / "mlruns" / "toy" / run_id / "artifacts" / "report.md").is_file()
+
+
+def test_a_failed_training_ends_its_tracked_run_as_failed(toy_config, build_config, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    loop = importlib.import_module("polytask.train.loop")
+    real_step = loop.train_step
+
+    def broken(accelerator, model, run, window, step, epoch=0):
+        if step == 2:
+            raise RuntimeError("out of memory")
+        return real_step(accelerator, model, run, window, step, epoch)
+
+    monkeypatch.setattr(loop, "train_step", broken)
+    data = toy_config(["classification"], n_train=32, train={"report_to": ["mlflow"], "epochs": 1})
+    cfg = build_config(data)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        polytask.train(cfg)
+    kept = json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]
+    assert MlflowClient(tracking_uri=kept["uri"]).get_run(kept["id"]).info.status == "FAILED"

@@ -109,10 +109,13 @@ def test_single_objective_with_pruning_and_the_best_config_trains(tmp_path, toy_
     best_yaml = yaml.safe_load((study_dir / "best.yaml").read_text())
     assert "tune" not in best_yaml and best_yaml["train"]["lr"] == 3e-3
     assert best_yaml["tasks"]["token"]["weight"] == pytest.approx(best.params["tasks.token.weight"])
+    assert best_yaml["train"]["early_stopping"]["metric"] == "loss"  # as every trial kept its best/ by the objective
     rerun = tmp_path / "rerun"
     assert main(["train", str(study_dir / "best.yaml"), "--set", f"train.output_dir={rerun}"]) == 0
+    state = json.loads((rerun / "last" / "training_state" / "trainer_state.json").read_text())
     again = [json.loads(x) for x in (rerun / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
-    assert min(r["loss"] for r in again) == pytest.approx(best.value, rel=1e-4)  # the same run, reproduced
+    at_best = [r for r in again if r["step"] == state["early_stopping"]["best_step"]]
+    assert at_best[0]["loss"] == pytest.approx(best.value, rel=1e-4)  # the same run, reproduced
     # an existing study is not overwritten by accident
     assert main(["tune", path, "--trials", "4", "--study-dir", str(study_dir)]) == 2
 
@@ -167,3 +170,16 @@ def test_resume_after_an_interrupted_trial(tmp_path, toy_config, monkeypatch):
     # resuming a finished study runs nothing more
     again = polytask.tune(polytask.load_config(path), trials=3, study_dir=study_dir, resume=True, progress=False)
     assert len(again.study.trials) == 4
+    # a study is continued as it was started: another space is refused, naming the key
+    with pytest.raises(UserError, match=r"tune.space' differs from the study"):
+        polytask.tune(polytask.load_config(path, ["tune.space.train.head_lr={uniform: [1.0e-4, 1.0e-3]}"]),
+                      trials=4, study_dir=study_dir, resume=True, progress=False)
+
+
+def test_an_objective_needs_validation_data(tmp_path, toy_config):
+    path, data = toy_tune_yaml(tmp_path, toy_config, objective="token",
+                               space={"train.lr": {"log_uniform": [1e-4, 1e-2]}})
+    cfg = polytask.load_config(path, ["tasks.token.validation=null"])
+    with pytest.raises(UserError, match=r"tasks.token.validation' is missing: tune.objective reads task 'token'"):
+        polytask.tune(cfg, trials=1, study_dir=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()

@@ -664,12 +664,11 @@ class Config:
                 _bad("train.adversarial.tasks", adv.tasks, "names of configured tasks (" + ", ".join(self.tasks) + ")")
         if adv.tasks is not None and not adv.tasks:
             _bad("train.adversarial.tasks", adv.tasks, "null (every task) or a non-empty list of task names")
-        from polytask.tracking import TRACKERS
+        from polytask.tracking import check_installed
 
-        for name in tr.report_to:
-            TRACKERS.get(name, where="config key 'train.report_to'")
         if len(set(tr.report_to)) != len(tr.report_to):
             _bad("train.report_to", tr.report_to, "each tracker once")
+        check_installed(tr.trackers)  # an unknown name, or a library that is missing: now, not after loading
         self._validate_distill()
         self._validate_mutual()
         self._validate_continual()

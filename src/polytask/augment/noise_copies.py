@@ -21,6 +21,7 @@ one-to-one onto characters): the config is refused with a consistency weight for
 from __future__ import annotations
 
 import random
+import sys
 import zlib
 from typing import Any
 
@@ -51,14 +52,15 @@ class NoiseAugmentation:
                  max_length: int, seed: int):
         self.cfg, self.tasks, self.data, self.tokenizer = cfg, tasks, data, tokenizer
         self.max_length, self.seed = max_length, seed
-        chosen = cfg.tasks or list(tasks)
-        self.noises: dict[str, list[str]] = {}  # source -> the noises that apply to every task it trains
+        self.chosen = set(cfg.tasks or tasks)
+        self.noises: dict[str, list[str]] = {}  # source -> the noises that apply to every chosen task it trains
         self.notes: list[str] = []
+        self.drawn: dict[str, list[int]] = {}  # source -> [copies drawn, copies dropped] (joint rows that split)
         for s in sources.values():
-            names = [t for t in s.tasks if t in chosen and s.split == "train"]
+            names = [t for t in s.tasks if t in self.chosen and s.split == "train"]
             if not names:
                 continue
-            usable = [n for n in cfg.noise if all(self._applies(n, t) for t in s.tasks)]
+            usable = [n for n in cfg.noise if all(self._applies(n, t) for t in names)]
             if usable:
                 self.noises[s.name] = usable
                 dropped = [n for n in cfg.noise if n not in usable]
@@ -73,7 +75,8 @@ class NoiseAugmentation:
                 self.notes.append(f"augment: no noise of {', '.join(cfg.noise)} applies to {s.name} "
                                   f"({self._kind(s.tasks[0])}); it trains on clean rows only")
         if cfg.consistency > 0:
-            chars = [t for s in self.noises for t in sources[s].tasks if self._tagged(t) == "chars"]
+            chars = [t for s in self.noises for t in sources[s].tasks
+                     if t in self.chosen and self._tagged(t) == "chars"]
             if chars:
                 raise NotSupportedError(f"train.augment.consistency with task '{chars[0]}' (character tagging) is "
                                         "not supported: its tokens do not map one-to-one onto characters; set "
@@ -113,9 +116,9 @@ class NoiseAugmentation:
                 continue
             noise, noise_seed = rng.choice(noises), rng.randrange(2 ** 31)
             made = {}
-            for t in source.tasks:
+            for t in source.tasks:  # (a task left out by train.augment.tasks gets no label on the copy)
                 i = source.index[t][r]
-                if i >= 0:
+                if i >= 0 and t in self.chosen:
                     ex, origin = perturb_units(self.data[t].examples["train"][i], self.tasks[t], noise,
                                                self.cfg.rate, noise_seed, 0)
                     made[t] = (ex, origin, i)
@@ -136,6 +139,7 @@ class NoiseAugmentation:
                 inputs.add((tuple(feature["input_ids"]), tuple(feature.get("token_type_ids", ()))))
             if row and len(inputs) == 1:  # the tasks of a joint row must still read one input
                 copies.append((k, row))
+        self._count(source.name, len(drawn), len(drawn) - len(copies))
         if not copies:
             return batch
         pad_id = self.tokenizer.pad_token_id or 0
@@ -174,6 +178,17 @@ class NoiseAugmentation:
                     pairs[t] = tuple(torch.tensor(x) for x in (cr, ct, nr, nt))
         out["parts"], out["pairs"] = parts, pairs
         return out
+
+    def _count(self, source: str, drawn: int, dropped: int) -> None:
+        """Say once when most copies of a joint source are lost: its tasks tokenise the noisy text differently
+        (e.g. a Chinese sentence task perturbed per character beside a word-list tagging task)."""
+        seen = self.drawn.setdefault(source, [0, 0])
+        before = seen[0]
+        seen[0], seen[1] = seen[0] + drawn, seen[1] + dropped
+        if before < 50 <= seen[0] and seen[1] * 2 > seen[0]:
+            print(f"polytask: augment: {seen[1]} of the first {seen[0]} noisy copies of {source} were dropped: its "
+                  "tasks read the noisy text differently; set train.augment.tasks to one of them", file=sys.stderr,
+                  flush=True)
 
     # -- the consistency term ------------------------------------------------------------------------------
     def objective(self, objective: dict[str, torch.Tensor], logits: dict[str, torch.Tensor],

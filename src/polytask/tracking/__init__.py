@@ -8,6 +8,6 @@ tracker's own library is imported only when the tracker is chosen.
 from polytask.tracking import mlflow as _mlflow  # noqa: F401  (registers "mlflow")
 from polytask.tracking import tensorboard as _tensorboard  # noqa: F401  (registers "tensorboard")
 from polytask.tracking import wandb as _wandb  # noqa: F401  (registers "wandb")
-from polytask.tracking.base import TRACKERS, Tracker, flatten, log_evaluation, open_trackers
+from polytask.tracking.base import TRACKERS, Tracker, check_installed, flatten, log_evaluation, open_trackers
 
-__all__ = ["TRACKERS", "Tracker", "flatten", "log_evaluation", "open_trackers"]
+__all__ = ["TRACKERS", "Tracker", "check_installed", "flatten", "log_evaluation", "open_trackers"]

@@ -29,13 +29,17 @@ class MlflowTracker:
     ``summary/<name>`` metrics and the report files as artifacts. ``--resume`` and ``polytask evaluate``
     continue the same run."""
 
-    def __init__(self, output_dir: Path, config: Any, run_id: str | None, resume_step: int | None):
+    package = "mlflow"
+
+    def __init__(self, output_dir: Path, config: Any, resume: dict | None, resume_step: int | None):
         require("mlflow", "mlflow")
         from mlflow import MlflowClient
 
         tc = config.train.tracking
-        uri = tc.mlflow_uri or default_uri()
+        # a continued run is looked up where it was made (./mlruns is relative to where training ran)
+        uri = resume["uri"] if resume and resume.get("uri") else tc.mlflow_uri or default_uri()
         self.client = MlflowClient(tracking_uri=uri)
+        run_id = resume["id"] if resume else None
         if run_id is None:
             exp = self.client.get_experiment_by_name(tc.project)
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
@@ -53,6 +57,7 @@ class MlflowTracker:
         else:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
+        self.resume = {"id": self.run_id, "uri": uri}
         self.step = resume_step or 0
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
@@ -69,8 +74,8 @@ class MlflowTracker:
         for f in files:
             self.client.log_artifact(self.run_id, str(f))
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

@@ -15,9 +15,10 @@ class TensorBoardTracker:
     text, the final summary as scalars at the last step. On resume, events after the resumed step are purged
     (they are redone). ``tensorboard --logdir runs/`` shows every run."""
 
-    run_id = None
+    package = "tensorboard"
+    resume = None  # event files are continued by folder, not by id
 
-    def __init__(self, output_dir: Path, config: Any, run_id: str | None, resume_step: int | None):
+    def __init__(self, output_dir: Path, config: Any, resume: dict | None, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
         purge = resume_step + 1 if resume_step is not None else None
@@ -44,5 +45,5 @@ class TensorBoardTracker:
                     encoding="utf-8")), indent=2, ensure_ascii=False).replace("\n", "\n    "), self.step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()

@@ -18,14 +18,17 @@ class WandbTracker:
     resolved config as the run's config, scalars as ``<kind>/<name>``, the final summary in the run's summary and
     the report files saved with the run. ``--resume`` and ``polytask evaluate`` continue the same run id."""
 
-    def __init__(self, output_dir: Path, config: Any, run_id: str | None, resume_step: int | None):
+    package = "wandb"
+
+    def __init__(self, output_dir: Path, config: Any, resume: dict | None, resume_step: int | None):
         wandb = require("wandb", "wandb")
         tc = config.train.tracking
         self.dir = output_dir
-        self.run_id = run_id or secrets.token_hex(4)
+        run_id = resume["id"] if resume else secrets.token_hex(4)
+        self.resume = {"id": run_id}
         self.run = wandb.init(project=tc.project, name=tc.run_name or output_dir.resolve().name, dir=str(output_dir),
-                              mode=tc.wandb_mode, id=self.run_id, resume="allow",
-                              config=config.to_dict() if run_id is None else None,
+                              mode=tc.wandb_mode, id=run_id, resume="allow",
+                              config=config.to_dict() if resume is None else None,
                               settings=wandb.Settings(silent=True, console="off"))
         self.step = resume_step or 0
 
@@ -40,5 +43,5 @@ class WandbTracker:
             shutil.copyfile(f, kept)
             self.run.save(str(kept), base_path=self.run.dir, policy="now")
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)

@@ -60,7 +60,8 @@ class RunLogger:
         for tracker in self.trackers:
             tracker.summary(values, [f for f in files if f.is_file()])
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End the trackers' runs (``failed``: the training stopped on an error); a second call does nothing."""
         for tracker in self.trackers:
-            tracker.close()
+            tracker.close(failed)
         self.trackers = []

@@ -113,50 +113,58 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, hooks: 
     stop = state.finished
     stopped_by_hook = False
 
-    for epoch in range(state.epoch, run.epochs):
-        if stop:
-            break
-        batches = run.plan.epoch(epoch)  # [(task, example indices)], the same on every process
-        i = state.micro_in_epoch
-        while i < len(batches) and not stop:
-            window = batches[i:i + tc.grad_accum * run.plan.tasks_per_step]  # micro-batches of one optimizer step
-            for hook in hooks:
-                hook.before_step(accelerator, accelerator.unwrap_model(model), run, window, state.global_step)
-            step_fn = meta_step if run.meta is not None else train_step  # meta-learning: episodes, an outer update
-            losses = step_fn(accelerator, model, run, window, state.global_step, epoch)
-            check_finite(accelerator, run, window, losses, state.global_step, on_stop=(logger.close, bar.close))
-            for task, loss in losses.items():
-                running[task].append(loss)
-            run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
-            if run.distiller is not None:
-                run.distiller.end_step(lambda t: all_reduce_mean(accelerator, t))
-            if run.continual is not None and run.continual.active:  # ewc / l2sp: the pull toward the start
-                run.continual.add_gradient(accelerator.unwrap_model(model))
-                running["continual_pull"].append(run.continual.last_penalty)
-            if tc.grad_clip is not None:
-                norm = clip_gradients(accelerator, model, run, tc.grad_clip)
-                check_finite(accelerator, run, window, {}, state.global_step, norm, on_stop=(logger.close, bar.close))
-            optimizer.step()
-            run.scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            for hook in hooks:
-                hook.after_step(state.global_step)
-            i += len(window)
-            state.global_step += 1
-            state.micro_in_epoch = i
-            if i == len(batches):  # epoch finished: the next micro-batch is the next epoch's first
-                state.epoch, state.micro_in_epoch = epoch + 1, 0
-            bar.update(1)
-            step, done = state.global_step, state.global_step >= run.total_steps
-            if step % tc.logging_steps == 0 or done:
-                log_train(logger, bar, run, running, step, epoch + i / len(batches))
-            if (tc.eval_steps and step % tc.eval_steps == 0) or i == len(batches) or done:
-                stop = validate_and_save(accelerator, model, run, state, early, logger, bar) or done
-                # a run that goes on may be stopped by a hook (one ending anyway has nothing left to save)
-                if not stop and any([h.after_eval(step, state.last_eval) for h in hooks if hasattr(h, "after_eval")]):
-                    stop = stopped_by_hook = True
-            elif tc.save_steps and step % tc.save_steps == 0:
-                save_training_state(accelerator, model, run, state, early)
+    def fail() -> None:
+        logger.close(failed=True)
+
+    try:
+        for epoch in range(state.epoch, run.epochs):
+            if stop:
+                break
+            batches = run.plan.epoch(epoch)  # [(task, example indices)], the same on every process
+            i = state.micro_in_epoch
+            while i < len(batches) and not stop:
+                window = batches[i:i + tc.grad_accum * run.plan.tasks_per_step]  # micro-batches of one optimizer step
+                for hook in hooks:
+                    hook.before_step(accelerator, accelerator.unwrap_model(model), run, window, state.global_step)
+                step_fn = meta_step if run.meta is not None else train_step  # meta-learning: episodes, an outer update
+                losses = step_fn(accelerator, model, run, window, state.global_step, epoch)
+                check_finite(accelerator, run, window, losses, state.global_step, on_stop=(fail, bar.close))
+                for task, loss in losses.items():
+                    running[task].append(loss)
+                run.weighting.end_step(lambda t: all_reduce_mean(accelerator, t))
+                if run.distiller is not None:
+                    run.distiller.end_step(lambda t: all_reduce_mean(accelerator, t))
+                if run.continual is not None and run.continual.active:  # ewc / l2sp: the pull toward the start
+                    run.continual.add_gradient(accelerator.unwrap_model(model))
+                    running["continual_pull"].append(run.continual.last_penalty)
+                if tc.grad_clip is not None:
+                    norm = clip_gradients(accelerator, model, run, tc.grad_clip)
+                    check_finite(accelerator, run, window, {}, state.global_step, norm, on_stop=(fail, bar.close))
+                optimizer.step()
+                run.scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                for hook in hooks:
+                    hook.after_step(state.global_step)
+                i += len(window)
+                state.global_step += 1
+                state.micro_in_epoch = i
+                if i == len(batches):  # epoch finished: the next micro-batch is the next epoch's first
+                    state.epoch, state.micro_in_epoch = epoch + 1, 0
+                bar.update(1)
+                step, done = state.global_step, state.global_step >= run.total_steps
+                if step % tc.logging_steps == 0 or done:
+                    log_train(logger, bar, run, running, step, epoch + i / len(batches))
+                if (tc.eval_steps and step % tc.eval_steps == 0) or i == len(batches) or done:
+                    stop = validate_and_save(accelerator, model, run, state, early, logger, bar) or done
+                    # a run that goes on may be stopped by a hook (one ending anyway has nothing left to save)
+                    if not stop and hooks_stop(accelerator, hooks, step, state.last_eval):
+                        stop = stopped_by_hook = True
+                elif tc.save_steps and step % tc.save_steps == 0:
+                    save_training_state(accelerator, model, run, state, early)
+    except BaseException:  # an error or an interrupt: the trackers' runs end as failed, not left open
+        logger.close(failed=True)
+        bar.close()
+        raise
 
     state.finished = True
     if run.distiller is not None:
@@ -292,6 +300,16 @@ def check_processes_agree(accelerator: Accelerator, model, run: Run) -> None:
         raise RuntimeError(f"the {accelerator.num_processes} processes ended with different models "
                            f"(parameter sums {[d[0] for d in digests]}); weighting method "
                            f"'{run.config.train.weighting.method}' did not keep them in step")
+
+
+def hooks_stop(accelerator: Accelerator, hooks: Sequence[Any], step: int, metrics: dict[str, float]) -> bool:
+    """Whether a hook's ``after_eval`` asks to stop — on any process, so that every process stops together."""
+    want = any([h.after_eval(step, metrics) for h in hooks if hasattr(h, "after_eval")])
+    if accelerator.num_processes == 1:
+        return want
+    flag = torch.tensor([float(want)], device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def all_reduce_mean(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:

@@ -29,22 +29,22 @@ def best_trials(study, directions: list[str]) -> list[Any]:
     return sorted(study.best_trials, key=lambda t: -signed_mean(t.values, directions))
 
 
-def best_yaml(config, source: dict[str, Any] | None, trial, header: str) -> str:
-    """The config as written (``source``) with the trial's values set, data paths made absolute (they are
-    read from the study folder) and the ``tune:`` section dropped."""
+def best_yaml(config, source: dict[str, Any] | None, trial, header: str, fixed: dict[str, Any]) -> str:
+    """The config as written (``source``) with the trial's values (and ``fixed``: what every trial set) set, data
+    paths made absolute (they are read from the study folder) and the ``tune:`` section dropped."""
     data = copy.deepcopy(source) if source is not None else config.to_dict()
     data.pop("tune", None)
     for name, t in (data.get("tasks") or {}).items():
         for split in SPLITS:
             if isinstance(t, dict) and t.get(split) is not None and name in config.tasks:
                 t[split] = getattr(config.tasks[name], split)
-    for key, value in trial.params.items():
+    for key, value in {**trial.params, **fixed}.items():
         set_key(data, key, value)
     return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def write_report(study, config, names: list[str], directions: list[str], out: Path,
-                 source: dict[str, Any] | None, seconds: float) -> tuple[list[Path], Path]:
+                 source: dict[str, Any] | None, seconds: float, fixed: dict[str, Any]) -> tuple[list[Path], Path]:
     from optuna.trial import TrialState
 
     from polytask.evaluate.report import evaluate_checkpoint
@@ -62,7 +62,7 @@ def write_report(study, config, names: list[str], directions: list[str], out: Pa
         path = out / "best.yaml" if i == 0 else out / "pareto" / f"trial-{t.number:03d}.yaml"
         header = f"# polytask tune: trial {t.number} of {out}, validation {shown}\n# train it: polytask train {path}\n"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(best_yaml(config, source, t, header), encoding="utf-8")
+        path.write_text(best_yaml(config, source, t, header, fixed), encoding="utf-8")
         written.append(path)
 
     # the best trial's checkpoint on the test split: does what validation chose hold on unseen data?

@@ -36,17 +36,19 @@ class PruneOnValidation:
     """Training-loop hook: after each validation, report the trial's objective to Optuna (step = the
     validation's number) and ask the loop to stop when the pruner says so."""
 
-    def __init__(self, trial, read):
-        self.trial, self.read, self.evals, self.pruned = trial, read, 0, False
+    def __init__(self, trial, names: list[str]):
+        self.trial, self.names, self.evals, self.pruned = trial, names, 0, False
+        self.main: dict[str, str] = {}
 
     def before_step(self, accelerator, model, run, window, step) -> None:
-        pass
+        if not self.main:  # each task's main metric as the run chose it (e.g. accuracy for tags without spans)
+            self.main = {t: task.main_metric for t, task in run.tasks.items()}
 
     def after_step(self, step) -> None:
         pass
 
     def after_eval(self, step: int, metrics: dict[str, float]) -> bool:
-        value = self.read(metrics)
+        value = read_objective(self.names, metrics, self.main)[0]
         self.evals += 1
         if value is None or math.isnan(value):
             return False
@@ -65,7 +67,6 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
     written (the YAML's mapping), from which the best config is written so that it reads like the user's own."""
     import optuna
 
-    from polytask.tasks import TASK_TYPES
     from polytask.tune.report import write_report
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -91,6 +92,14 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
         raise UserError(f"{out} exists and is not a study folder; choose another --study-dir")
     params = parse_space(tc.space)
     names, directions = objective_keys(config)
+    check_validation(config, names)
+    if resume and (out / "tune.json").is_file():  # the study's own objective and space, or a clear refusal
+        before = json.loads((out / "tune.json").read_text(encoding="utf-8"))
+        for key, now in (("objective", names), ("space", json.loads(json.dumps(tc.space)))):
+            if before.get(key) != now:
+                raise UserError(f"config key 'tune.{key}' differs from the study in {out} ({before.get(key)!r} there, "
+                                f"{now!r} here); --resume continues a study as it was started: restore it, or use "
+                                "--overwrite or another --study-dir")
     if overwrite and db.exists():
         import shutil
 
@@ -121,21 +130,21 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
         run_dir = out / f"trial-{trial.number:03d}"
         trial.set_user_attr("run_dir", str(run_dir))
         try:
-            cfg = trial_config(config, values, str(run_dir))
-        except UserError as e:  # an impossible combination of values: this trial fails, the study goes on
+            return run_trial(trial, values, run_dir)
+        except UserError as e:  # e.g. an impossible combination of values: this trial fails, the study goes on
             trial.set_user_attr("error", str(e))
             print(f"tune: trial {trial.number} failed: {e}", flush=True)
             raise
-        if len(names) == 1 and names[0] not in cfg.tasks:  # mean, loss, <task>.<metric>: keep the best by it
-            cfg.train.early_stopping.metric = names[0]
+
+    def run_trial(trial, values: dict[str, Any], run_dir: Path) -> float | list[float]:
+        cfg = trial_config(config, {**values, **fixed_values(config, names)}, str(run_dir))
         cfg.train.progress = progress and cfg.train.progress
         shown = "  ".join(f"{k}={_short(v)}" for k, v in values.items())
         finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
         print(f"tune: trial {trial.number} ({finished + 1}/{total}): {shown}", flush=True)
         from polytask.train.loop import train
 
-        guess = {t: c.metric or TASK_TYPES.get(c.type).main_metric for t, c in cfg.tasks.items()}
-        hook = PruneOnValidation(trial, lambda m: read_objective(names, m, guess)[0]) if len(names) == 1 else None
+        hook = PruneOnValidation(trial, names) if len(names) == 1 else None
         t0 = time.perf_counter()
         result = train(cfg, overwrite=True, hooks=[hook] if hook else [])
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
@@ -160,8 +169,33 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         raise UserError(f"no trial of {out} finished (all pruned or failed); see the trial folders")
     best_configs, report = write_report(study, config, names, directions, out, source,
-                                        seconds=time.perf_counter() - start)
+                                        seconds=time.perf_counter() - start, fixed=fixed_values(config, names))
     return TuneResult(out, study, best_configs, report)
+
+
+def fixed_values(config, names: list[str]) -> dict[str, Any]:
+    """What every trial sets besides its sampled values: a single objective other than a task's main metric
+    (mean, loss, <task>.<metric>) is also what early stopping keeps ``best/`` by, so that the objective is read
+    from the best checkpoint by that very figure."""
+    if len(names) == 1 and names[0] not in config.tasks and names[0] != config.train.early_stopping.metric:
+        return {"train.early_stopping.metric": names[0]}
+    return {}
+
+
+def check_validation(config, names: list[str]) -> None:
+    """Every task the objective reads needs a validation split (the objective is a validation figure)."""
+    def has(t: str) -> bool:
+        c = config.tasks[t]
+        return c.dataset is not None or c.validation is not None  # (built-in datasets all have one)
+
+    wanted = [n.partition(".")[0] for n in names if n.partition(".")[0] in config.tasks]
+    missing = [t for t in wanted if not has(t)]
+    if missing:
+        raise UserError(f"config key 'tasks.{missing[0]}.validation' is missing: tune.objective reads task "
+                        f"'{missing[0]}' on the validation split; give it a validation file")
+    if not wanted and not any(has(t) for t in config.tasks):
+        raise UserError("polytask tune scores trials on the validation split, and no task has one; give at least "
+                        "one task a validation file (tasks.<name>.validation)")
 
 
 def read_objective(names: list[str], metrics: dict[str, float], main: dict[str, str] | None) -> list[float | None]:
