@@ -168,3 +168,25 @@ def test_joint_rows_share_one_noisy_text_and_augment_tasks_is_honoured(tmp_path,
     assert batch["parts"]["region"][0].tolist() == list(range(n))
     assert batch["parts"]["city"][0].tolist() == list(range(2 * n))
     assert set(batch["pairs"]) == {"city"}
+
+
+def test_regression_and_multilabel_copies_take_the_consistency_term(toy_config, build_config):
+    import torch.nn.functional as F
+
+    cfg = build_config(toy_config(["regression", "multilabel"], train={"augment": {**AUG, "consistency": 0.5}}))
+    run = build_run(cfg)
+    for source in ("regression", "multilabel"):
+        rows, batch = noisy_batch(run, source, step=2)
+        with torch.no_grad():
+            logits = run.model.eval()(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                      tasks=[source])
+        base = {source: torch.tensor(0.0)}
+        got = run.augment.objective(base, logits, batch)[source]
+        clean, noisy = (logits[source][p] for p in batch["pairs"][source])
+        if source == "regression":  # text and text_pair both perturbed; squared error between the outputs
+            want = 0.5 * F.mse_loss(clean.float(), noisy.float())
+        else:  # per-label Bernoulli symmetric KL, summed over labels, mean over examples
+            p, q = torch.sigmoid(clean.float()), torch.sigmoid(noisy.float())
+            kl = (p - q) * (torch.log(p / q) - torch.log((1 - p) / (1 - q)))  # KL(p||q) + KL(q||p), per label
+            want = 0.5 * kl.sum(-1).mean()
+        assert got.item() == pytest.approx(want.item(), rel=1e-5) and got.item() > 0
