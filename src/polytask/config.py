@@ -982,13 +982,19 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise UserError(f"--set {override!r}: value is not valid YAML ({e.problem})") from None
+    set_path(data, parts, value, f"--set {override!r}")
+
+
+def set_path(data: dict[str, Any], parts: list[str], value: Any, where: str) -> None:
+    """``data[a][b][c] = value`` for ``parts`` ``[a, b, c]``, creating missing mappings; ``where`` begins the
+    error when a step of the path is not a mapping."""
     node = data
     for i, part in enumerate(parts[:-1]):
         nxt = node.get(part)
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
-            raise UserError(f"--set {override!r}: '{'.'.join(parts[:i + 1])}' is not a mapping")
+            raise UserError(f"{where}: '{'.'.join(parts[:i + 1])}' is not a mapping")
         node = nxt
     node[parts[-1]] = value
 

@@ -100,17 +100,9 @@ def parse_space(space: dict[str, Any]) -> list[Param]:
 
 def set_key(data: dict[str, Any], key: str, value: Any) -> None:
     """``data["train"]["lr"] = value`` for ``key`` ``train.lr`` (missing mappings are created)."""
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            parent = ".".join(parts[:i + 1])
-            raise UserError(f"config key 'tune.space.{key}': '{parent}' is not a mapping")
-        node = nxt
-    node[parts[-1]] = value
+    from polytask.config import set_path
+
+    set_path(data, key.split("."), value, f"config key 'tune.space.{key}'")
 
 
 def trial_config(config, values: dict[str, Any], output_dir: str | None = None):
