@@ -88,6 +88,21 @@ def test_compare_end_to_end(toy_config, tmp_path, capsys):
     assert "(reused)" in capsys.readouterr().out
     assert (out / "seed42" / "multi" / "metrics.jsonl").stat().st_mtime_ns == stamp
     assert json.loads((out / "comparison.json").read_text())["delta_m"] == summary["delta_m"]
+    # a run saved before an option existed (here train.report_to / train.tracking) is the same run: reused
+    result = out / "seed42" / "multi" / "result.json"
+    old = json.loads(result.read_text())
+    del old["config"]["train"]["report_to"], old["config"]["train"]["tracking"]
+    result.write_text(json.dumps(old))
+    assert main(args) == 0
+    assert (out / "seed42" / "multi" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    # but a saved config that differs in what it trained with is not the same run
+    from polytask.compare.runner import same_config
+    from polytask.config import Config
+
+    wanted = Config.from_dict(old["config"]).to_dict()
+    assert same_config(old["config"], wanted)
+    old["config"]["train"]["lr"] = 0.5
+    assert not same_config(old["config"], wanted)
 
 
 def test_compare_bad_input(toy_config, tmp_path, capsys):

@@ -96,7 +96,7 @@ def run_variant(v: Variant, cfg: Config, force: bool = False) -> dict[str, Any]:
     if result_path.exists() and not force:
         try:
             old = json.loads(result_path.read_text(encoding="utf-8"))
-            if old.get("config") == wanted:
+            if same_config(old.get("config"), wanted):
                 old["reused"] = True
                 return old
         except (json.JSONDecodeError, OSError):
@@ -129,6 +129,17 @@ def run_variant(v: Variant, cfg: Config, force: bool = False) -> dict[str, Any]:
     }
     write_json(result_path, out)
     return out
+
+
+def same_config(saved: Any, wanted: dict[str, Any]) -> bool:
+    """Whether a finished run's saved config is ``wanted``: as saved, or once read by this version of polytask
+    (a config written before an option existed reads with that option's default, which is what it trained with)."""
+    if saved == wanted:
+        return True
+    try:
+        return Config.from_dict(saved).to_dict() == wanted
+    except (UserError, TypeError, ValueError):
+        return False
 
 
 def read_curves(path: Path, main: dict[str, str]) -> dict[str, list[list[float]]]:
