@@ -41,12 +41,29 @@ def wandb_records(run_dir):
     return out
 
 
-def wandb_history(run_dir) -> list[dict]:
-    rows = []
-    for r in wandb_records(run_dir):
-        if r.WhichOneof("record_type") == "history":
-            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
-    return rows
+def wait_finished(run_dir, runs: int, timeout: float = 60.0) -> None:
+    """Until the offline run files under ``run_dir`` hold ``runs`` exit records (the last record a finished run
+    writes): W&B's service process writes them on its own, possibly after ``finish()`` has returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while sum(r.WhichOneof("record_type") == "exit" for r in wandb_records(run_dir)) < runs:
+        assert time.monotonic() < deadline, f"W&B did not finish writing {runs} run(s) in {run_dir} in {timeout} s"
+        time.sleep(0.5)
+
+
+def wandb_history(run_dir, until=lambda rows: True, timeout: float = 60.0) -> list[dict]:
+    """The history rows of the offline runs, once ``until(rows)`` holds: W&B's service process writes the run file
+    on its own, and may still be writing when ``finish()`` has returned (seen under load)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+                for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "history"]
+        if until(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
 
 
 def test_report_to_is_validated(toy_config, build_config):
@@ -79,13 +96,14 @@ def test_wandb_offline_logs_config_metrics_weights_and_summary(toy_config, build
                       train={"report_to": ["wandb"], "weighting": {"method": "uw"}, "epochs": 2})
     result = polytask.train(build_config(data))
     run = result.output_dir
+    wait_finished(run, 1)
     ids = json.loads((run / "tracking.json").read_text())
     assert list(ids) == ["wandb"]
     (folder,) = (run / "wandb").glob("offline-run-*")
     assert folder.name.endswith(ids["wandb"]["id"])
-    history = wandb_history(run)
-    evals = [h for h in history if "eval/mean" in h]
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    history = wandb_history(run, until=lambda rows: sum("eval/mean" in h for h in rows) >= 2)
+    evals = [h for h in history if "eval/mean" in h]
     assert [h["_step"] for h in evals] == [r["step"] for r in logged if r["type"] == "eval"] == [4, 8]
     assert all("eval/classification.accuracy" in h and "eval/token.f1" in h for h in evals)
     weights = [h for h in history if "train/weight/token" in h]
@@ -101,9 +119,11 @@ def test_wandb_offline_logs_config_metrics_weights_and_summary(toy_config, build
 
     # evaluate adds the test split to the same tracked run
     assert main(["evaluate", str(run), "--split", "test"]) == 0
+    wait_finished(run, 2)
     runs = sorted((run / "wandb").glob("offline-run-*"))
     assert all(r.name.endswith(ids["wandb"]["id"]) for r in runs) and len(runs) == 2
-    assert any("test/mean" in h and h["_step"] == result.global_step for h in wandb_history(run))
+    history = wandb_history(run, until=lambda rows: any("test/mean" in h for h in rows))
+    assert any("test/mean" in h and h["_step"] == result.global_step for h in history)
 
 
 def test_mlflow_local_store_and_resume(toy_config, build_config, tmp_path, monkeypatch):
