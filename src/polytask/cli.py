@@ -331,7 +331,7 @@ def cmd_evaluate(args) -> int:
     json_path, md_path = write_report(results, predictor, args.split, out_dir, license=args.license)
     tracked = []
     run_dir = ckpt.parent if ckpt.name in ("best", "last") else ckpt
-    if args.backend == "torch" and (run_dir / "tracking.json").is_file():  # the training's W&B / MLflow runs
+    if args.backend == "torch":  # the training's W&B / MLflow runs, if it kept any
         from polytask.evaluate.runner import flat_metrics
         from polytask.tracking import log_evaluation
 

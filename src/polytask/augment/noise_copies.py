@@ -56,6 +56,9 @@ class NoiseAugmentation:
         self.noises: dict[str, list[str]] = {}  # source -> the noises that apply to every chosen task it trains
         self.notes: list[str] = []
         self.drawn: dict[str, list[int]] = {}  # source -> [copies drawn, copies dropped] (joint rows that split)
+        # per task: (Chinese text?, None | "words" | "chars" tagging), read once from its training rows
+        self.kind = {t: (task_language(d.examples["train"]), _tagging(tasks[t], d.examples["train"]))
+                     for t, d in data.items() if t in tasks}
         for s in sources.values():
             names = [t for t in s.tasks if t in self.chosen and s.split == "train"]
             if not names:
@@ -76,25 +79,18 @@ class NoiseAugmentation:
                                   f"({self._kind(s.tasks[0])}); it trains on clean rows only")
         if cfg.consistency > 0:
             chars = [t for s in self.noises for t in sources[s].tasks
-                     if t in self.chosen and self._tagged(t) == "chars"]
+                     if t in self.chosen and self.kind[t][1] == "chars"]
             if chars:
                 raise NotSupportedError(f"train.augment.consistency with task '{chars[0]}' (character tagging) is "
                                         "not supported: its tokens do not map one-to-one onto characters; set "
                                         "train.augment.tasks to leave it out, or consistency: 0")
 
-    def _tagged(self, task: str) -> str | None:
-        t = self.tasks[task]
-        if t.level != "token":
-            return None
-        examples = self.data[task].examples["train"]
-        return "words" if examples and isinstance(examples[0].text, list) else "chars"
-
     def _applies(self, noise: str, task: str) -> bool:
-        return applies(noise, task_language(self.data[task].examples["train"]), self._tagged(task))
+        return applies(noise, *self.kind[task])
 
     def _kind(self, task: str) -> str:
-        lang = "Chinese" if task_language(self.data[task].examples["train"]) else "English"
-        return f"{lang} text" + (f", {self._tagged(task)} tagged" if self._tagged(task) else "")
+        chinese, tagged = self.kind[task]
+        return ("Chinese" if chinese else "English") + " text" + (f", {tagged} tagged" if tagged else "")
 
     def describe(self) -> list[str]:
         c = self.cfg
@@ -213,3 +209,10 @@ class NoiseAugmentation:
                 mask = torch.zeros(clean.shape[:2], dtype=torch.long, device=device)
             out[t] = out[t] + w * task.divergence(clean.detach(), noisy, mask)
         return out
+
+
+def _tagging(task, examples) -> str | None:
+    """How a task tags: None (a sentence task), "words" (a word list per row) or "chars" (a string)."""
+    if task.level != "token":
+        return None
+    return "words" if examples and isinstance(examples[0].text, list) else "chars"

@@ -110,5 +110,4 @@ def _kept(run_dir: Path) -> dict[str, dict[str, str]]:
     path = run_dir / RUN_IDS
     if not path.is_file():
         return {}
-    kept = json.loads(path.read_text(encoding="utf-8"))
-    return {n: ({"id": v} if isinstance(v, str) else v) for n, v in kept.items()}
+    return json.loads(path.read_text(encoding="utf-8"))

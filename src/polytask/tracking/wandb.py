@@ -23,17 +23,14 @@ class WandbTracker:
     def __init__(self, output_dir: Path, config: Any, resume: dict | None, resume_step: int | None):
         wandb = require("wandb", "wandb")
         tc = config.train.tracking
-        self.dir = output_dir
         run_id = resume["id"] if resume else secrets.token_hex(4)
         self.resume = {"id": run_id}
         self.run = wandb.init(project=tc.project, name=tc.run_name or output_dir.resolve().name, dir=str(output_dir),
                               mode=tc.wandb_mode, id=run_id, resume="allow",
                               config=config.to_dict() if resume is None else None,
                               settings=wandb.Settings(silent=True, console="off"))
-        self.step = resume_step or 0
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        self.step = max(self.step, step)
         self.run.log({f"{kind}/{k}": v for k, v in scalars(values).items()}, step=step)
 
     def summary(self, values: dict[str, Any], files: list[Path]) -> None:

@@ -87,14 +87,14 @@ def write_report(study, config, names: list[str], directions: list[str], out: Pa
               "| | value |", "|---|---|"]
     lines += [f"| validation {n} | {v:.4f} |" for n, v in zip(names, b.values)]
     lines += [f"| test {t} | {v:.4f} |" for t, v in test.items()]
-    lines += [f"| `{k}` | {_short(b.params[k])} |" for k in keys if k in b.params]
+    lines += [f"| `{k}` | {short(b.params[k])} |" for k in keys if k in b.params]
     lines += ["", f"Run folder: `{b.user_attrs.get('run_dir')}`. Train it again: `polytask train {written[0]}`.", ""]
     if len(directions) > 1:
         lines += ["## Pareto front", "", "| trial | " + " | ".join(names) + " | " + " | ".join(f"`{k}`" for k in keys)
                   + " |", "|" + "---|" * (1 + len(names) + len(keys))]
         for t in best:
             lines.append(f"| {t.number} | " + " | ".join(f"{v:.4f}" for v in t.values) + " | "
-                         + " | ".join(_short(t.params.get(k)) for k in keys) + " |")
+                         + " | ".join(short(t.params.get(k)) for k in keys) + " |")
         lines += ["", "Each Pareto-optimal trial's config: `pareto/trial-NNN.yaml` (the best one is `best.yaml`).", ""]
     lines += ["## Every trial", "", "| trial | state | " + " | ".join(names) + " | "
               + " | ".join(f"`{k}`" for k in keys) + " | s |", "|" + "---|" * (3 + len(names) + len(keys))]
@@ -102,8 +102,8 @@ def write_report(study, config, names: list[str], directions: list[str], out: Pa
         vals = t.values if t.values else [None] * len(names)
         if t.state == TrialState.PRUNED and t.intermediate_values:
             vals = [t.intermediate_values[max(t.intermediate_values)]]
-        lines.append(f"| {t.number} | {t.state.name.lower()} | " + " | ".join(_short(v) for v in vals) + " | "
-                     + " | ".join(_short(t.params.get(k)) for k in keys) + f" | {t.user_attrs.get('seconds', '')} |")
+        lines.append(f"| {t.number} | {t.state.name.lower()} | " + " | ".join(short(v) for v in vals) + " | "
+                     + " | ".join(short(t.params.get(k)) for k in keys) + f" | {t.user_attrs.get('seconds', '')} |")
     lines += ["", "(a pruned trial shows its objective at its last validation.)", ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
@@ -156,7 +156,8 @@ def write_plots(study, names: list[str], directions: list[str], out: Path) -> li
     return written
 
 
-def _short(v: Any) -> str:
+def short(v: Any) -> str:
+    """A parameter or objective value as the report and the progress lines show it."""
     if v is None:
         return "–"
     return f"{v:.4g}" if isinstance(v, float) else str(v)

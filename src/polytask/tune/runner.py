@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from polytask.errors import NotSupportedError, UserError
+from polytask.tune.report import short
 from polytask.tune.space import objective_keys, parse_space, trial_config
 
 STUDY_NAME = "polytask"
@@ -67,7 +68,7 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
     written (the YAML's mapping), from which the best config is written so that it reads like the user's own."""
     import optuna
 
-    from polytask.tune.report import write_report
+    from polytask.tune.report import write_report  # (optuna, matplotlib: when a study runs)
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise NotSupportedError("tune runs its trials one after another in one process; start it with "
@@ -93,6 +94,7 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
     params = parse_space(tc.space)
     names, directions = objective_keys(config)
     check_validation(config, names)
+    fixed = fixed_values(config, names)
     if resume and (out / "tune.json").is_file():  # the study's own objective and space, or a clear refusal
         before = json.loads((out / "tune.json").read_text(encoding="utf-8"))
         for key, now in (("objective", names), ("space", json.loads(json.dumps(tc.space)))):
@@ -137,9 +139,9 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
             raise
 
     def run_trial(trial, values: dict[str, Any], run_dir: Path) -> float | list[float]:
-        cfg = trial_config(config, {**values, **fixed_values(config, names)}, str(run_dir))
+        cfg = trial_config(config, {**values, **fixed}, str(run_dir))
         cfg.train.progress = progress and cfg.train.progress
-        shown = "  ".join(f"{k}={_short(v)}" for k, v in values.items())
+        shown = "  ".join(f"{k}={short(v)}" for k, v in values.items())
         finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
         print(f"tune: trial {trial.number} ({finished + 1}/{total}): {shown}", flush=True)
         from polytask.train.loop import train
@@ -169,7 +171,7 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         raise UserError(f"no trial of {out} finished (all pruned or failed); see the trial folders")
     best_configs, report = write_report(study, config, names, directions, out, source,
-                                        seconds=time.perf_counter() - start, fixed=fixed_values(config, names))
+                                        seconds=time.perf_counter() - start, fixed=fixed)
     return TuneResult(out, study, best_configs, report)
 
 
@@ -267,6 +269,3 @@ def make_pruner(tc):
                                                       min_early_stopping_rate=0)
     return optuna.pruners.NopPruner()
 
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -17,7 +17,6 @@ training, naming ``tune.space.<key>``.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +110,6 @@ def trial_config(config, values: dict[str, Any], output_dir: str | None = None):
 
     data = config.to_dict()
     data.pop("tune", None)
-    data.pop("precision_choice", None)
     for key, value in values.items():
         set_key(data, key, value)
     if output_dir is not None:
@@ -186,7 +184,7 @@ def check_tune(config) -> None:
 
 def _check(config, values: dict[str, Any], where: str) -> None:
     try:
-        trial_config(copy.deepcopy(config), values)
+        trial_config(config, values)  # (a fresh dict of the config: config itself is not touched)
     except (UserError, NotSupportedError) as e:
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
         raise type(e)(f"config key '{where}': the config with {shown} is not valid: {e}") from None
