@@ -93,7 +93,18 @@ def toy_rows(kind: str, n: int, seed: int) -> list[dict]:
             rows.append({"words": words, "tags": tags})
         elif kind == "regression":
             rows.append({"text": text, "text2": city, "score": float(CITIES.index(city)) / 7.0})
+        elif kind == "retrieval":  # the relevant document is the guide of the utterance's city
+            rows.append({"text": text, "doc": CITY_GUIDE.format(city=city), "doc_id": city})
     return rows
+
+
+CITY_GUIDE = "travel guide to {city}"
+
+
+def toy_corpus(path: Path) -> Path:
+    """The retrieval toy task's candidates: one guide per city, plus two that no query wants."""
+    return write_jsonl(path, [{"doc_id": c, "doc": CITY_GUIDE.format(city=c)} for c in CITIES]
+                       + [{"doc_id": "weather", "doc": "weather report"}, {"doc_id": "rail", "doc": "train times"}])
 
 
 TASK_SPECS = {
@@ -101,7 +112,17 @@ TASK_SPECS = {
     "multilabel": {"type": "multilabel_classification", "text": "text", "label": "labels"},
     "token": {"type": "token_classification", "text": "words", "label": "tags"},
     "regression": {"type": "regression", "text": "text", "text_pair": "text2", "label": "score"},
+    "retrieval": {"type": "retrieval", "text": "text", "document": "doc", "document_id": "doc_id"},
 }
+
+
+def toy_files(folder: Path, kind: str, sizes) -> dict[str, str]:
+    """The split files of a toy task (``sizes``: (split, rows, seed) triples), and a retrieval task's corpus."""
+    files = {split: str(write_jsonl(folder / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
+             for split, n, seed in sizes}
+    if kind == "retrieval":
+        files["corpus"] = str(toy_corpus(folder / "retrieval-corpus.jsonl"))
+    return files
 
 
 @pytest.fixture
@@ -111,9 +132,8 @@ def toy_config(tmp_path, tiny_encoder):
     def make(kinds=("classification", "token"), n_train=48, n_eval=16, train=None, model=None) -> dict:
         tasks = {}
         for kind in kinds:
-            files = {}
-            for split, n, seed in (("train", n_train, 0), ("validation", n_eval, 1), ("test", n_eval, 2)):
-                files[split] = str(write_jsonl(tmp_path / "data" / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
+            files = toy_files(tmp_path / "data", kind,
+                              (("train", n_train, 0), ("validation", n_eval, 1), ("test", n_eval, 2)))
             tasks[kind] = {**TASK_SPECS[kind], **files}
         return {
             "model": {"encoder": str(tiny_encoder), "max_length": 32, **(model or {})},
@@ -142,8 +162,7 @@ KINDS = ("classification", "multilabel", "token", "regression")
 def toy_run(folder: Path, encoder: Path, kinds=KINDS, model=None, epochs=1) -> Path:
     tasks = {}
     for kind in kinds:
-        files = {split: str(write_jsonl(folder / "data" / f"{kind}-{split}.jsonl", toy_rows(kind, n, seed)))
-                 for split, n, seed in (("train", 32, 0), ("validation", 16, 1), ("test", 16, 2))}
+        files = toy_files(folder / "data", kind, (("train", 32, 0), ("validation", 16, 1), ("test", 16, 2)))
         tasks[kind] = {**TASK_SPECS[kind], **files}
     cfg = load_config(data={"model": {"encoder": str(encoder), "max_length": 32, **(model or {})}, "tasks": tasks,
                             "train": {"output_dir": str(folder / "run"), "epochs": epochs, "batch_size": 8,

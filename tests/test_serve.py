@@ -363,3 +363,18 @@ def test_sigterm_finishes_the_requests_in_flight(run):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_search_answers_the_retrieval_tasks_like_predict(tmp_path_factory, tiny_encoder, client):
+    run = toy_run(tmp_path_factory.mktemp("search"), tiny_encoder, kinds=("classification", "retrieval"))
+    want = polytask.load(run).predict(["flights to denver good"])
+    with TestClient(create_app(ServeSettings(path=str(run)))) as c:
+        ready(c)
+        r = c.post("/search", json={"texts": ["flights to denver good"]})
+        assert r.status_code == 200
+        got = r.json()["predictions"][0]
+        assert set(got) == {"text", "retrieval"}  # the retrieval task only
+        assert [d["id"] for d in got["retrieval"]["documents"]] == [d["id"] for d in want[0]["retrieval"]["documents"]]
+        assert c.post("/search", json={"texts": ["x"], "tasks": ["classification"]}).status_code == 422
+    missing = client.post("/search", json={"texts": ["show me boston"]})  # a model without a retrieval task
+    assert missing.status_code == 404 and "no retrieval task" in missing.json()["error"]["message"]

@@ -62,6 +62,10 @@ def test_train_save_load_predicts_identically(task_type, toy_config, build_confi
         assert p["labels"] and set(p["labels"]) <= {"city_east", "city_west", "mood"}
     elif task_type == "token_classification":
         assert len(p["tags"]) == 5 and all(isinstance(s["start"], int) for s in p["spans"])
+    elif task_type == "retrieval":  # the corpus's 10 documents, best first
+        assert len(p["documents"]) == 10 and {d["id"] for d in p["documents"]} >= {"boston", "weather"}
+        scores = [d["score"] for d in p["documents"]]
+        assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
     else:
         assert isinstance(p["value"], float)
 

@@ -160,6 +160,27 @@ class TaskConfig:
     # polytask distill: a file of unlabelled text (the task's text column(s), no label) that the teacher labels;
     # its rows train the student on the teacher's soft targets only
     distill_data: str | None = None
+    # retrieval (two towers over the one encoder; see polytask/tasks/retrieval.py): the query column (default:
+    # `text`), the relevant document's column(s), the candidate documents (`corpus`: a file with the same
+    # document column(s); a built-in dataset with a corpus needs none), the id column of rows and corpus (null:
+    # documents are known by their text), a hard-negative document column, a column listing document ids never
+    # to rank for that query (e.g. items a user has already rated), the softmax temperature (null: learned,
+    # starting at 0.05), the embedding width (null: the encoder's hidden size) and how many documents
+    # `predict` returns.
+    query: str | None = None
+    document: str | None = None
+    document_pair: str | None = None
+    corpus: str | None = None
+    document_id: str | None = None
+    negative: str | None = None
+    exclude: str | None = None
+    temperature: float | None = None
+    embedding_dim: int | None = None
+    top_k: int = 10
+
+
+RETRIEVAL_KEYS = ("query", "document", "document_pair", "corpus", "document_id", "negative", "exclude",
+                  "temperature", "embedding_dim", "top_k")
 
 
 @dataclass
@@ -597,6 +618,7 @@ class Config:
                 v = getattr(t, k)
                 if v is not None and v < 1:
                     _bad(f"{p}.{k}", v, "null or an integer >= 1")
+            self._validate_retrieval(name, t)
         tr = self.train
         positive = {"epochs": tr.epochs, "batch_size": tr.batch_size, "eval_batch_size": tr.eval_batch_size,
                     "grad_accum": tr.grad_accum, "logging_steps": tr.logging_steps}
@@ -679,6 +701,38 @@ class Config:
 
             check_tune(self)
         return self
+
+    def _validate_retrieval(self, name: str, t: TaskConfig) -> None:
+        """The retrieval keys of task ``name``: only on retrieval tasks; a document column; a corpus."""
+        p = f"tasks.{name}"
+        keys = {k: getattr(t, k) for k in RETRIEVAL_KEYS}
+        if t.type != "retrieval":
+            given = [k for k, v in keys.items() if v != getattr(TaskConfig, k)]
+            if given:
+                raise UserError(f"config key '{p}.{given[0]}' is only for retrieval tasks (this one is "
+                                f"{t.type}); remove it")
+            return
+        if not t.document:
+            raise UserError(f"config key '{p}.document' is missing: a retrieval task needs the column of the relevant "
+                            "document")
+        if t.corpus is None:
+            from polytask.catalog.datasets import DATASETS
+
+            if t.dataset is None or not DATASETS.get(t.dataset).has_corpus:
+                raise UserError(f"config key '{p}.corpus' is missing: a retrieval task ranks the documents of a "
+                                "corpus file (jsonl/csv/tsv/parquet with the document column)")
+        if t.temperature is not None and t.temperature <= 0:
+            _bad(f"{p}.temperature", t.temperature, "null (learned) or a number > 0, e.g. 0.05")
+        if t.embedding_dim is not None and t.embedding_dim < 1:
+            _bad(f"{p}.embedding_dim", t.embedding_dim, "null (the encoder's hidden size) or an integer >= 1")
+        if t.top_k < 1:
+            _bad(f"{p}.top_k", t.top_k, "an integer >= 1")
+        if self.train.distill.enabled or t.distill_data:
+            raise NotSupportedError(f"task '{name}': distillation of a retrieval task is not supported")
+        a = self.train.augment
+        if a.enabled and (a.tasks is None or name in a.tasks):
+            raise NotSupportedError(f"train.augment on retrieval task '{name}' is not supported; list the other "
+                                    "tasks in train.augment.tasks")
 
     def _validate_augment(self) -> None:
         from polytask.robustness.noise import NOISES
@@ -1034,7 +1088,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = Config.from_dict(raw)
     base = Path(path).resolve().parent if path is not None else None
     for t in cfg.tasks.values():
-        for split in ("train", "validation", "test", "distill_data"):
+        for split in ("train", "validation", "test", "distill_data", "corpus"):
             setattr(t, split, _absolute(getattr(t, split), base))
     d = cfg.train.distill
     if isinstance(d.teacher, dict):

@@ -10,7 +10,7 @@ import torch
 
 from polytask.data.features import collate, to_device
 from polytask.errors import UserError
-from polytask.evaluate.runner import autocast_context
+from polytask.evaluate.runner import autocast_context, embed_features
 from polytask.model.io import load_checkpoint
 
 
@@ -104,7 +104,8 @@ class Predictor:
         for name in names:
             task = self.tasks[name]
             examples = [task.read(self._view(rec, task), w, labelled=False) for rec, w in zip(records, where)]
-            reads = (task.level, task.cfg.text, task.cfg.text_pair)
+            # tasks reading the same columns tokenise once (a retrieval task encodes its own: exclusions, corpus)
+            reads = (task.level, task.input_column, task.cfg.text_pair, task.shares_inputs or name)
             if reads not in encoded:
                 encoded[reads] = (examples, task.encode(examples, self.tokenizer, max_length))
             examples, feats = encoded[reads]
@@ -114,6 +115,11 @@ class Predictor:
             batches[name] = batch
             key = tuple(tuple(f["input_ids"]) + tuple(f.get("token_type_ids", ())) for f in feats)
             groups.setdefault(key, []).append(name)
+        for name in names:  # retrieval: the corpus embedded once per loaded model
+            task = self.tasks[name]
+            task.prepare_predict(lambda feats, task=task: embed_features(
+                self.model, task, feats, 64, self.tokenizer.pad_token_id or 0, self.device,
+                self.config.train.precision))
         out = {}
         for group in groups.values():
             batch = to_device(batches[group[0]], self.device)
@@ -127,8 +133,8 @@ class Predictor:
     @staticmethod
     def _view(record: dict[str, Any], task) -> dict[str, Any]:
         """The record as the task reads it: a missing text column falls back to ``text``."""
-        if task.cfg.text not in record and "text" in record:
-            return {**record, task.cfg.text: record["text"]}
+        if task.input_column not in record and "text" in record:
+            return {**record, task.input_column: record["text"]}
         return record
 
 

@@ -26,6 +26,7 @@ class BuiltinDataset:
     description = ""
     fields: dict[str, str] = {}
     suggested_tasks: dict[str, dict[str, str]] = {}
+    has_corpus = False  # True where ``corpus()`` returns rows (a retrieval task then needs no corpus file)
 
     def folder(self):
         return package_dir(self.module, self.pip_name, f"built-in dataset '{self.name}'")
@@ -40,6 +41,11 @@ class BuiltinDataset:
 
     def label_vocab(self, field: str) -> list[str] | None:
         """Every label a field can take when the source declares it (covers labels absent from train)."""
+        return None
+
+    def corpus(self) -> Rows | None:
+        """The candidate documents a retrieval task over this dataset ranks (one row per document), or None when
+        the dataset has no corpus (then the task names a ``corpus`` file)."""
         return None
 
     def rows(self, split: str) -> Rows:

@@ -173,6 +173,8 @@ def prepare_task_data(tasks: dict[str, TaskType], tokenizer, max_length: int, sp
                 if split == "train":
                     raise UserError(f"task '{name}' has no training data")
                 continue
+            if split == "train":
+                examples = task.train_examples(examples)
             if split == "train" and fit_labels:
                 task.fit_labels(examples, (known_labels(task) or []) + (extra_labels or {}).get(name, []))
                 if label_order and name in label_order:
@@ -211,6 +213,8 @@ def collate(features: list[dict[str, Any]], task: TaskType, pad_id: int) -> dict
         batch["num_words"] = [f["num_words"] for f in features]
         if "char_spans" in features[0]:  # character-level tagging: the characters each position covers
             batch["char_spans"] = [f["char_spans"] for f in features]
+    if "exclude" in features[0]:  # retrieval: per query, the document ids never to rank
+        batch["exclude"] = [f["exclude"] for f in features]
     return batch
 
 

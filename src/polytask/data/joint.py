@@ -61,7 +61,8 @@ def build_sources(config: Config, data: dict[str, TaskData]) -> list[Source]:
     names = list(data)
     if config.train.joint_batches == "off":
         return [_single(t, data[t]) for t in names]
-    key = {t: source_key(config.tasks[t]) or ("task", t) for t in names}
+    # a task that lays out its own encoder rows (retrieval: queries and documents) shares them with no other task
+    key = {t: (source_key(config.tasks[t]) if data[t].task.shares_inputs else None) or ("task", t) for t in names}
     by_key: dict[tuple, list[str]] = {}
     for t in names:
         by_key.setdefault(key[t], []).append(t)
@@ -129,6 +130,14 @@ def collate_source(source: Source, rows: list[int], data: dict[str, TaskData], t
     for r in rows:
         t = next(t for t in source.tasks if source.index[t][r] >= 0)
         feats.append(data[t].features[split][source.index[t][r]])
+    first = tasks[source.tasks[0]]
+    if first.expands_rows:  # one task alone, whose loss reads every row it lays out (retrieval)
+        batch = pad_inputs(first.encoder_rows(feats), pad_id)
+        labels = first.collate_labels([f["labels"] for f in feats], batch["input_ids"].shape[1])
+        batch["parts"] = {first.name: (torch.arange(batch["input_ids"].shape[0]), labels)}
+        batch["index"] = {first.name: [source.index[first.name][r] for r in rows]}
+        batch["split"] = split
+        return batch
     batch: dict[str, Any] = pad_inputs(feats, pad_id)
     seq_len = batch["input_ids"].shape[1]
     parts, index = {}, {}

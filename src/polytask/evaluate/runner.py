@@ -31,6 +31,10 @@ def predict_task(model: MultiTaskModel, task: TaskType, features: list[dict[str,
     """
     was_training = model.training
     model.eval()
+    # retrieval: the corpus embedded once for this evaluation, by the model as it is now (every process embeds
+    # all of it: each ranks its share of the queries against the whole corpus)
+    task.prepare_predict(lambda feats: embed_features(model, task, feats, batch_size, pad_id, device, precision),
+                         refresh=True)
     mine = list(range(rank, len(features), world))
     mine.sort(key=lambda i: len(features[i]["input_ids"]))
     preds: dict[int, Any] = {}
@@ -41,13 +45,35 @@ def predict_task(model: MultiTaskModel, task: TaskType, features: list[dict[str,
         with autocast_context(precision, device):
             logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                            tasks=[task.name])[task.name]
-        if "labels" in batch:
+        if "labels" in batch and not task.expands_rows:  # (a retrieval batch holds queries only here: no loss)
             loss_sum += float(task.loss(logits, batch["labels"])) * len(idx)
             loss_n += len(idx)
         for i, p in zip(idx, task.decode(logits, batch)):
             preds[i] = p
     model.train(was_training)
     return preds, loss_sum, loss_n
+
+
+@torch.no_grad()
+def embed_features(model: MultiTaskModel, task: TaskType, features: list[dict[str, Any]], batch_size: int,
+                   pad_id: int, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """``task``'s head outputs for ``features`` in their order ([N, D]; batched by length for less padding)."""
+    from polytask.data.features import pad_inputs
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out: list[torch.Tensor] = [None] * len(features)  # type: ignore[list-item]
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = to_device(pad_inputs([features[i] for i in idx], pad_id), device)
+        with autocast_context(precision, device):
+            emb = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                        tasks=[task.name])[task.name].float()
+        for i, row in zip(idx, emb):
+            out[i] = row
+    model.train(was_training)
+    return torch.stack(out) if out else torch.empty(0)
 
 
 def score_task(task: TaskType, examples, predictions: list[Any], loss: float | None) -> dict[str, Any]:

@@ -37,10 +37,7 @@ class MultiTaskModel(nn.Module):
         self.pooling = pooling
         self.levels = {name: t.level for name, t in tasks.items()}
         hidden = encoder.config.hidden_size
-        self.heads = nn.ModuleDict({
-            name: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, t.num_outputs))
-            for name, t in tasks.items()
-        })
+        self.heads = nn.ModuleDict({name: t.build_head(hidden, dropout) for name, t in tasks.items()})
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, H], attention_mask [B, T] -> [B, H]."""

@@ -186,7 +186,7 @@ class State:
     def _warm_input(predictor) -> dict[str, Any]:
         record: dict[str, Any] = {"text": "warm up"}
         for task in predictor.tasks.values():
-            for column in (task.cfg.text, task.cfg.text_pair):
+            for column in (task.input_column, task.cfg.text_pair):
                 if column and column not in record:
                     record[column] = "warm up"
         return record
@@ -343,7 +343,8 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
         state.metrics.requests.labels("/metrics", "200").inc()
         return Response(state.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def answer(request: Request, endpoint: str, routed: bool):
+    async def answer(request: Request, endpoint: str, routed: bool,
+                     only: Callable[[Any], list[str]] | None = None):
         start = time.perf_counter()
         if not authorised(request):
             return error(401, "missing or wrong bearer token (Authorization: Bearer ...)", endpoint)
@@ -370,12 +371,14 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
         except (ValueError, RecursionError) as e:  # NaN/Infinity, a huge integer, absurd nesting
             return error(422, f"invalid JSON: {str(e)[:200]}", endpoint)
         rules = getattr(state.predictor, "rules", None) if routed else None
+        fixed = rules.tasks_needed() if rules else only(state.predictor) if only else None  # /route, /search
         try:
-            if routed and isinstance(body, dict) and "tasks" in body:
-                raise ApiError(422, "/route answers the tasks its rules name; leave out \"tasks\"")
-            records, tasks, where = _records(body, state.predictor, settings.max_texts,
-                                             rules.tasks_needed() if rules else None)
-            future = state.batcher.submit(records, rules.tasks_needed() if rules else tasks, where)
+            if fixed == []:
+                raise ApiError(404, f"this model has no retrieval task; {endpoint} answers retrieval tasks only")
+            if fixed is not None and isinstance(body, dict) and "tasks" in body:
+                raise ApiError(422, f"{endpoint} answers {', '.join(fixed)}; leave out \"tasks\"")
+            records, tasks, where = _records(body, state.predictor, settings.max_texts, fixed)
+            future = state.batcher.submit(records, fixed or tasks, where)
         except ApiError as e:
             return error(e.status, e.message, endpoint)
         except RuntimeError as e:  # shutting down
@@ -400,6 +403,12 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Any] =
         async def route(request: Request):
             """Predictions of the rules' tasks plus each message's routing decision (``"route"``)."""
             return await answer(request, "/route", routed=True)
+
+    @app.post("/search")
+    async def search(request: Request):
+        """The retrieval tasks' answers only: each input's best documents of the task's corpus, with scores."""
+        return await answer(request, "/search", routed=False,
+                            only=lambda p: [n for n, t in p.tasks.items() if t.type_name == "retrieval"])
 
     return app
 

@@ -1,6 +1,6 @@
 """Task types. Each module registers one type in ``TASK_TYPES``; all are imported here explicitly."""
 
-from polytask.tasks import classification, multilabel, regression, token_classification  # noqa: F401
+from polytask.tasks import classification, multilabel, regression, retrieval, token_classification  # noqa: F401
 from polytask.tasks.base import TASK_TYPES, Example, TaskType
 
 __all__ = ["TASK_TYPES", "Example", "TaskType"]

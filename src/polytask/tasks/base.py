@@ -30,6 +30,7 @@ class Example:
     text_pair: str | None
     label: Any
     where: str  # "file:line", used in every error about this row
+    extra: dict[str, Any] | None = None  # what a task type reads beyond text and label (retrieval: excluded ids)
 
 
 class TaskType:
@@ -44,6 +45,11 @@ class TaskType:
 
     type_name = ""
     level = "sequence"
+    # A training batch of this type lays out its own encoder rows (``encoder_rows``) and its loss reads all of
+    # them (retrieval: queries, then documents); such a task never shares an encoder pass with another task's
+    # rows (joint batches) and its training features say nothing about how it predicts.
+    expands_rows = False
+    shares_inputs = True
     metric_names: tuple[str, ...] = ()
     main_metric = ""  # the type's default; instances overwrite it in choose_metric()
 
@@ -103,6 +109,11 @@ class TaskType:
                             f"(not in the training data; known: {shown})") from None
 
     # -- reading ------------------------------------------------------------------------------------------
+    @property
+    def input_column(self) -> str:
+        """The column a prediction record gives this task's text in (a plain string input fills it)."""
+        return self.cfg.text
+
     def read(self, record: dict[str, Any], where: str, labelled: bool = True) -> Example:
         text = self._text(record, self.cfg.text, where)
         pair = self._text(record, self.cfg.text_pair, where) if self.cfg.text_pair else None
@@ -149,6 +160,18 @@ class TaskType:
     def encode_label(self, label: Any, where: str) -> Any:
         raise NotImplementedError
 
+    def train_examples(self, examples: list[Example]) -> list[Example]:
+        """The training rows this type learns from (all of them, except where a type says otherwise)."""
+        return examples
+
+    def encoder_rows(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The encoder rows of a training batch of ``features`` (the features themselves, one row each)."""
+        return features
+
+    def prepare_predict(self, embed, refresh: bool = False) -> None:
+        """Called before predicting with a model (``embed``: features -> this task's head outputs): a type that
+        needs more than the inputs' own pass (retrieval: its corpus embedded) gets it ready here."""
+
     def collate_labels(self, labels: list[Any], seq_len: int) -> torch.Tensor:
         raise NotImplementedError
 
@@ -161,6 +184,11 @@ class TaskType:
     @property
     def num_outputs(self) -> int:
         return len(self.labels)
+
+    def build_head(self, hidden: int, dropout: float) -> torch.nn.Module:
+        """This task's head over the encoder's hidden size: dropout and a linear layer (pooled vector [B, H] ->
+        [B, C], or every position [B, T, H] -> [B, T, C] for token tasks)."""
+        return torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(hidden, self.num_outputs))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

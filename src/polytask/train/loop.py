@@ -346,7 +346,9 @@ def validate_and_save(accelerator: Accelerator, model, run: Run, state: TrainerS
     improved = early.update(flat.get(metric, float("nan")), state.global_step) if flat else True
     logger.log("eval", state.global_step, {**flat, "best": early.best}, epoch=state.epoch)
     if accelerator.is_main_process:
+        mains = {f"{n}.{t.main_metric}" for n, t in run.tasks.items()}  # e.g. retrieval's ndcg@10
         shown = "  ".join(f"{k}={v:.4f}" for k, v in flat.items() if k in ("mean", "loss") or k.endswith(".mean")
+                          or k in mains
                           or (k.endswith(("accuracy", ".f1", "pearson")) and not k.startswith("ensemble.")))
         bar.write(f"step {state.global_step} validation: {shown}" + ("  (best)" if improved else ""))
         if improved:
