@@ -122,3 +122,18 @@ def test_two_process_ddp_on_cpu(tmp_path, toy_config):
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "classification" in json.loads(r.stdout)
+
+
+def test_retrieval_under_two_process_ddp(tmp_path, toy_config):
+    """In-batch negatives are each process's own batch (not gathered); validation ranks each process's share of
+    the queries against the whole corpus and merges them: every query is scored once."""
+    data = toy_config(["retrieval", "classification"], n_train=32, n_eval=8, train={"epochs": 1})
+    r = train_two_processes(write_config(tmp_path, data, "ddp-retrieval"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(line) for line in (Path(data["train"]["output_dir"]) / "metrics.jsonl").read_text()
+               .splitlines()]
+    evals = [x for x in records if x["type"] == "eval"]
+    assert evals and evals[-1]["retrieval.queries"] == 8 and 0.0 < evals[-1]["retrieval.ndcg@10"] <= 1.0
+    state = json.loads((Path(data["train"]["output_dir"]) / "last" / "training_state" /
+                        "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["finished"]  # 32 rows / (2 processes x 8) = 2 batches per task
