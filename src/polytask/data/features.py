@@ -61,10 +61,10 @@ def read_examples(task: TaskType, split: str, labelled: bool = True, partial: bo
     limit = task.cfg.max_train_samples if split == "train" else task.cfg.max_eval_samples
     sampled = bool(limit and len(rows) == limit)  # (a sample, or a split of exactly that size)
     if partial and labelled:
-        kept = [(w, rec) for w, rec in rows if not unlabelled(rec.get(task.cfg.label))]
+        kept = [(w, rec) for w, rec in rows if not unlabelled(rec.get(task.label_column))]
         if kept and len(kept) < len(rows):
             print(f"polytask: task '{task.name}': {len(rows) - len(kept)} of {len(rows)} {split} rows of "
-                  f"{data_source(task.cfg, split)} have no '{task.cfg.label}' label; they are left out of this "
+                  f"{data_source(task.cfg, split)} have no '{task.label_column}' label; they are left out of this "
                   "task only", file=sys.stderr, flush=True)
             rows = kept
     examples = [task.read(rec, where, labelled=labelled) for where, rec in rows]

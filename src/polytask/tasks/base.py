@@ -19,7 +19,7 @@ from polytask.errors import UserError
 from polytask.registry import Registry
 
 IGNORE_INDEX = -100  # label of sub-tokens and padding that the loss skips (PyTorch's default ignore_index)
-LOWER_IS_BETTER = ("mse", "loss")  # metrics where smaller is better; every other metric is higher-is-better
+LOWER_IS_BETTER = ("mse", "rmse", "loss")  # metrics where smaller is better; every other metric is higher-is-better
 
 
 @dataclass
@@ -113,6 +113,11 @@ class TaskType:
     def input_column(self) -> str:
         """The column a prediction record gives this task's text in (a plain string input fills it)."""
         return self.cfg.text
+
+    @property
+    def label_column(self) -> str:
+        """The column whose empty cell means "no label for this task" in partially labelled data."""
+        return self.cfg.label
 
     def read(self, record: dict[str, Any], where: str, labelled: bool = True) -> Example:
         text = self._text(record, self.cfg.text, where)

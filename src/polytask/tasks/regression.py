@@ -18,11 +18,11 @@ class Regression(TaskType):
     """A real-valued target per text (or text pair), e.g. a similarity score.
 
     Column ``label`` holds a number. Loss: MSE. Prediction: ``{"value": float}``.
-    Metrics: Pearson and Spearman correlation, MSE.
+    Metrics: Pearson and Spearman correlation, MSE and its square root (RMSE, in the label's unit).
     """
 
     type_name = "regression"
-    metric_names = ("pearson", "spearman", "mse")
+    metric_names = ("pearson", "spearman", "mse", "rmse")
     main_metric = "pearson"
 
     def parse_label(self, value: Any, where: str) -> float:
@@ -73,8 +73,10 @@ class Regression(TaskType):
     def metrics(self, predictions: list[dict[str, float]], golds: list[float]) -> dict[str, Any]:
         pred = [p["value"] for p in predictions]
         constant = len(set(pred)) < 2 or len(set(golds)) < 2  # correlation undefined: report 0
+        mse = float(sum((p - g) ** 2 for p, g in zip(pred, golds)) / max(len(golds), 1))
         return {
             "pearson": 0.0 if constant else float(pearsonr(golds, pred)[0]),
             "spearman": 0.0 if constant else float(spearmanr(golds, pred)[0]),
-            "mse": float(sum((p - g) ** 2 for p, g in zip(pred, golds)) / max(len(golds), 1)),
+            "mse": mse,
+            "rmse": math.sqrt(mse),
         }

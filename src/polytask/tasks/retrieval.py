@@ -100,6 +100,10 @@ class Retrieval(TaskType):
         return self.cfg.query or self.cfg.text
 
     # -- reading ------------------------------------------------------------------------------------------
+    @property
+    def label_column(self) -> str:
+        return self.cfg.document  # a row without a document is not this task's (``label`` is optional here)
+
     def read(self, record: dict[str, Any], where: str, labelled: bool = True) -> Example:
         query = self._text(record, self.input_column, where)
         extra: dict[str, Any] = {"exclude": self._exclude(record, where)}

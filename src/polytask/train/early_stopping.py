@@ -6,11 +6,12 @@ import math
 from dataclasses import asdict, dataclass
 
 from polytask.config import EarlyStoppingConfig
+from polytask.tasks.base import LOWER_IS_BETTER
 
 
 def lower_is_better(metric: str) -> bool:
     last = metric.split(".")[-1]
-    return last in ("loss", "mse") or last.endswith("_loss")  # e.g. meta-learning's <task>.episode_loss
+    return last in LOWER_IS_BETTER or last.endswith("_loss")  # e.g. meta-learning's <task>.episode_loss
 
 
 @dataclass
