@@ -212,3 +212,15 @@ def test_real_movielens_split():
         return rec["timestamp"], _tie_break(rec["user_id"], rec["item_id"])
 
     assert all(key(rec) < key(last[rec["user_id"]]) for _, rec in splits["train"])
+
+
+def test_user_record_is_the_user_after_all_their_ratings(fake):
+    rec = fake.user_record("1")
+    order = [i for *_, i, _ in chronological("1")]
+    assert rec["user_id"] == "1" and rec["seen"] == order  # every rated movie, test and validation ones too
+    liked = [i for t, _, i, r in chronological("1") if r >= 4]
+    movies = fake.movies()
+    newest = movies[liked[-1]].snippet
+    assert rec["user_text"].startswith("24-year-old male technician. Liked recently: " + newest)
+    with pytest.raises(UserError, match="no user '99'"):
+        fake.user_record("99")

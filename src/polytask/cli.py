@@ -195,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--batch-size", type=int, default=32)
     ro.set_defaults(func=cmd_route)
 
+    rc = sub.add_parser("recommend", help="recommendation: the best documents of a retrieval task's corpus for a "
+                                          "user, given as text or as a user of the task's built-in dataset")
+    rc.add_argument("run", help="run folder or checkpoint folder")
+    who = rc.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id of the retrieval task's built-in dataset (movielens_100k: 1-943)")
+    who.add_argument("--user-text", help="the user described in text, as the task's queries are")
+    rc.add_argument("--exclude", action="append", default=[], metavar="ID",
+                    help="a document id never to recommend (repeatable; --user already leaves out what they rated)")
+    rc.add_argument("-k", type=int, default=10, help="how many recommendations (default 10)")
+    rc.add_argument("--task", help="the retrieval task (default: the model's only one)")
+    rc.add_argument("--json", action="store_true", help="print one JSON object instead of a list")
+    rc.set_defaults(func=cmd_recommend)
+
     mo = sub.add_parser("monitor", help="sentiment monitoring of a JSONL stream: rolling negative share per group, "
                                         "z-score alerts, alerts.jsonl + monitor.md + a time-series plot")
     mo.add_argument("run", help="run folder or checkpoint folder (a model with a sentiment task)")
@@ -521,6 +534,31 @@ def cmd_route(args) -> int:
     answer_lines([json.dumps({**rec, **r}, ensure_ascii=False)
                   for rec, r in zip(records, route(predictor, rules, records, args.batch_size, where))],
                  args.output, "routed messages")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from polytask.predict import load
+    from polytask.recipes.recommend import recommend, retrieval_task, user_query
+
+    predictor = load(args.run)
+    task = retrieval_task(predictor, args.task)
+    column = predictor.tasks[task].input_column
+    record = user_query(predictor, task, args.user) if args.user is not None else {column: args.user_text}
+    exclude = predictor.tasks[task].cfg.exclude
+    if args.exclude:
+        if not exclude:
+            raise UserError(f"--exclude: retrieval task '{task}' was trained without an exclusion column "
+                            "(tasks.<name>.exclude)")
+        record[exclude] = list(record.get(exclude) or []) + args.exclude
+    where = f"user {args.user}" if args.user is not None else "--user-text"
+    recs = recommend(predictor, [record], task, args.k, where=[where])[0]
+    if args.json:
+        print(json.dumps({"query": record[column], "recommendations": recs}, ensure_ascii=False))
+        return 0
+    print(f"{where}: {record[column]}")
+    for r in recs:
+        print(f"{r['rank']:>3}. {r['document']}  (id {r['id']}, score {r['score']:.3f})")
     return 0
 
 

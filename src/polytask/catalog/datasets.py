@@ -48,6 +48,11 @@ class BuiltinDataset:
         the dataset has no corpus (then the task names a ``corpus`` file)."""
         return None
 
+    def user_record(self, user_id: str) -> dict[str, Any]:
+        """A user of a recommendation dataset as a query record, as of after their last interaction (what
+        ``polytask recommend --user`` ranks for); datasets without users refuse."""
+        raise UserError(f"built-in dataset '{self.name}' has no users; give the query text (--user-text)")
+
     def rows(self, split: str) -> Rows:
         splits = self.splits()
         if split not in splits:

@@ -230,6 +230,18 @@ class MovieLens100k(BuiltinDataset):
         """Every movie as a ``(where, record)`` row: item_id, title, item_text, genres, year (int or None)."""
         return [(m.where, m.record()) for m in self.movies().values()]
 
+    def user_record(self, user_id: str) -> dict[str, Any]:
+        """User ``user_id`` now — after all of their ratings, test and validation included: ``user_id``,
+        ``user_text`` (their last liked movies) and ``seen`` (every movie they rated, never recommended)."""
+        movies, profiles = self.movies(), self._profiles()
+        if str(user_id) not in profiles:
+            raise UserError(f"built-in dataset '{self.name}' has no user {user_id!r} (ids 1 to {len(profiles)})")
+        user = str(user_id)
+        mine = sorted((r for r in self._ratings(movies, profiles) if r.user == user),
+                      key=lambda r: (r.timestamp, _tie_break(user, r.item)))
+        liked = [movies[r.item] for r in mine if r.rating >= LIKED_FROM]
+        return {"user_id": user, "user_text": history_text(profiles[user], liked), "seen": [r.item for r in mine]}
+
     def _profiles(self) -> dict[str, str]:
         path = self._file("user")
         return {user: describe_user(age, gender, job) for _, (user, age, gender, job)
