@@ -34,12 +34,33 @@ def test_loss_is_infonce_with_in_batch_and_hard_negatives():
     for i in range(b):
         scores = [float(q[i] @ docs[j]) for j in range(b + negatives)]
         expected += -(scores[i] - math.log(sum(math.exp(s) for s in scores)))
-    got = task().loss(logits, torch.ones(b))
+    log_q = torch.tensor([-1.0, -2.0, -0.5])  # ignored unless logq_correction is on
+    got = task().loss(logits, torch.stack([torch.ones(b), log_q], 1))
     assert got.item() == pytest.approx(expected / b, rel=1e-5)
     # graded relevance weighs each query's term: relevance 2, 1, 1 -> (2 l0 + l1 + l2) / 4
     terms = torch.nn.functional.cross_entropy(q @ docs.T, torch.arange(b), reduction="none")
-    graded = task().loss(logits, torch.tensor([2.0, 1.0, 1.0]))
+    graded = task().loss(logits, torch.stack([torch.tensor([2.0, 1.0, 1.0]), log_q], 1))
     assert graded.item() == pytest.approx(float((2 * terms[0] + terms[1] + terms[2]) / 4), rel=1e-5)
+    # logQ correction: in-batch document j's score minus log q_j; the hard negatives' scores unchanged
+    expected = 0.0
+    for i in range(b):
+        scores = [float(q[i] @ docs[j]) - (float(log_q[j]) if j < b else 0.0) for j in range(b + negatives)]
+        expected += -(scores[i] - math.log(sum(math.exp(s) for s in scores)))
+    corrected = task(logq_correction=True).loss(logits, torch.stack([torch.ones(b), log_q], 1))
+    assert corrected.item() == pytest.approx(expected / b, rel=1e-5)
+
+
+def test_logq_is_the_log_share_of_each_document_among_training_positives(toy_config, build_config):
+    data = toy_config(["retrieval"], n_train=40, n_eval=8, train={"epochs": 1})
+    data["tasks"]["retrieval"]["logq_correction"] = True
+    from polytask.train.setup import build_run
+
+    run = build_run(build_config(data))
+    t, examples = run.tasks["retrieval"], run.data["retrieval"].examples["train"]
+    share = {c: sum(ex.label["id"] == c for ex in examples) / len(examples) for c in CITIES}
+    assert t.log_frequency == pytest.approx({c: math.log(v) for c, v in share.items() if v > 0})
+    feats = run.data["retrieval"].features["train"]
+    assert feats[0]["labels"] == [1.0, pytest.approx(math.log(share[examples[0].label["id"]]))]
 
 
 def test_head_dot_product_is_cosine_over_temperature():

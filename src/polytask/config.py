@@ -177,10 +177,11 @@ class TaskConfig:
     temperature: float | None = None
     embedding_dim: int | None = None
     top_k: int = 10
+    logq_correction: bool = False  # retrieval: correct in-batch negatives for documents that are often positives
 
 
 RETRIEVAL_KEYS = ("query", "document", "document_pair", "corpus", "document_id", "negative", "exclude",
-                  "temperature", "embedding_dim", "top_k")
+                  "temperature", "embedding_dim", "top_k", "logq_correction")
 
 
 @dataclass

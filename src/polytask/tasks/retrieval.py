@@ -68,9 +68,11 @@ class Retrieval(TaskType):
 
     Columns: ``query`` (default ``text``), ``document`` (+ ``document_pair``), optionally ``document_id``,
     ``negative``, ``exclude`` (ids never ranked for that row) and ``label`` (graded relevance, a number: rows
-    with relevance <= 0 are not positives; absent: 1). Evaluation embeds the ``corpus`` once and ranks all of
-    it exactly (a matrix product) for every query; metrics recall@k, hit rate@k, NDCG@k, MRR@k for k in 1, 5,
-    10 (main: ndcg@10). Prediction: ``{"documents": [{"id", "document", "score"}, ...]}``, the ``top_k`` best.
+    with relevance <= 0 are not positives; absent: 1). ``logq_correction`` corrects the in-batch softmax for
+    documents that are positives of many rows (popular items in recommendation; see ``scores``). Evaluation
+    embeds the ``corpus`` once and ranks all of it exactly (a matrix product) for every query; metrics recall@k,
+    hit rate@k, NDCG@k, MRR@k for k in 1, 5, 10 (main: ndcg@10).
+    Prediction: ``{"documents": [{"id", "document", "score"}, ...]}``, the ``top_k`` best.
 
     Example config::
 
@@ -94,6 +96,7 @@ class Retrieval(TaskType):
         super().__init__(name, cfg, labels)
         self.corpus: Corpus | None = None
         self.index: torch.Tensor | None = None  # corpus embeddings [C, D] of the current evaluation
+        self.log_frequency: dict[str, float] = {}  # logQ correction: document -> log of its share of positives
 
     @property
     def input_column(self) -> str:
@@ -152,7 +155,15 @@ class Retrieval(TaskType):
         return value
 
     def fit_labels(self, examples, known=None) -> None:
-        self.set_labels([])  # no vocabulary
+        """No vocabulary; with ``logq_correction``, how often each document is a training positive."""
+        self.set_labels([])
+        if self.cfg.logq_correction:
+            counts: dict[str, int] = {}
+            for ex in examples:
+                key = self.document_key(ex.label)
+                counts[key] = counts.get(key, 0) + 1
+            total = sum(counts.values())
+            self.log_frequency = {k: math.log(c / total) for k, c in counts.items()}
 
     # -- corpus -------------------------------------------------------------------------------------------
     def load_corpus(self, tokenizer, max_length: int) -> Corpus:
@@ -234,7 +245,9 @@ class Retrieval(TaskType):
                 f["document"] = _feature(d, j)
                 if n is not None:
                     f["negative"] = _feature(n, j)
-                f["labels"] = ex.label["relevance"]
+                # [relevance, log q]: log q, the log of how often the document is a positive, is what the
+                # logQ correction subtracts from its in-batch score (0 without it, or for an unseen document)
+                f["labels"] = [ex.label["relevance"], self.log_frequency.get(self.document_key(ex.label), 0.0)]
                 j += 1
             feats.append(f)
         return feats
@@ -245,8 +258,8 @@ class Retrieval(TaskType):
         return ([{k: f[k] for k in ("input_ids", "token_type_ids") if k in f} for f in features]
                 + [f["document"] for f in features] + [f["negative"] for f in features if "negative" in f])
 
-    def collate_labels(self, labels: list[float], seq_len: int) -> torch.Tensor:
-        return torch.tensor(labels, dtype=torch.float)  # [B] relevance
+    def collate_labels(self, labels: list[list[float]], seq_len: int) -> torch.Tensor:
+        return torch.tensor(labels, dtype=torch.float)  # [B, 2]: relevance, log q of the row's document
 
     def placeholder_labels(self, feature):
         raise UserError(f"retrieval task '{self.name}' cannot learn from unlabelled rows")
@@ -269,19 +282,28 @@ class Retrieval(TaskType):
     def build_head(self, hidden: int, dropout: float) -> nn.Module:
         return RetrievalHead(hidden, self.cfg.embedding_dim or hidden, dropout, self.cfg.temperature)
 
-    def scores(self, logits: torch.Tensor, n: int) -> torch.Tensor:
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """InfoNCE logits of a training batch's head outputs ``logits`` [N, D] (``n`` queries first, then their
-        ``n`` documents, then hard negatives): query i against every document row -> [n, N - n]."""
-        return logits[:n].float() @ logits[n:].float().T
+        ``n`` documents, then hard negatives; ``labels`` [n, 2]): query i against every document row -> [n, N - n].
+
+        logQ correction (Yi et al. 2019, "Sampling-bias-corrected neural modeling"): a document's chance of being
+        an in-batch negative is its share q of the positives, so plain in-batch softmax learns score ~ log p(d|q)
+        - log q(d) and pushes popular documents down; subtracting log q(d) from the in-batch columns (not from the
+        hard negatives, which are not drawn by frequency) makes the score estimate log p(d|q)."""
+        n = labels.shape[0]
+        out = logits[:n].float() @ logits[n:].float().T  # [n, N - n]
+        if self.cfg.logq_correction:
+            out = torch.cat([out[:, :n] - labels[:, 1][None, :], out[:, n:]], dim=1)
+        return out
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        n = labels.shape[0]  # labels [B] relevance; logits [2B + negatives, D]
-        per_query = F.cross_entropy(self.scores(logits, n), torch.arange(n, device=logits.device), reduction="none")
-        return (per_query * labels).sum() / labels.sum()  # graded relevance weighs its query's term
+        n, relevance = labels.shape[0], labels[:, 0]  # labels [B, 2]; logits [2B + negatives, D]
+        per_query = F.cross_entropy(self.scores(logits, labels), torch.arange(n, device=logits.device),
+                                    reduction="none")
+        return (per_query * relevance).sum() / relevance.sum()  # graded relevance weighs its query's term
 
     def divergence(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        n = labels.shape[0]  # the two runs' in-batch score distributions (SMART)
-        return symmetric_kl(self.scores(a, n), self.scores(b, n))
+        return symmetric_kl(self.scores(a, labels), self.scores(b, labels))  # in-batch distributions (SMART)
 
     def decode(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """The ``top_k`` best corpus documents of each query [B, D] (cosine scores), excluded ids left out; with
