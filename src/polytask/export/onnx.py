@@ -298,12 +298,6 @@ def export_onnx(run: str | Path, output: str | Path | None = None, quantize: str
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise UserError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
     source = Predictor(ckpt, device="cpu")
-    ranked = [n for n, t in source.tasks.items() if t.type_name == "retrieval"]
-    if ranked:
-        from polytask.errors import NotSupportedError
-
-        raise NotSupportedError(f"ONNX export of a model with a retrieval task ({', '.join(ranked)}) is not "
-                                "supported: serve it with the torch backend (polytask serve, POST /search)")
     reference = Predictor.from_loaded(ckpt, source.config, source.tasks, source.tokenizer, source.model, "cpu")
     model, config = plain_model(source)
     names = list(source.tasks)
