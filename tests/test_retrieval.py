@@ -35,19 +35,28 @@ def test_loss_is_infonce_with_in_batch_and_hard_negatives():
         scores = [float(q[i] @ docs[j]) for j in range(b + negatives)]
         expected += -(scores[i] - math.log(sum(math.exp(s) for s in scores)))
     log_q = torch.tensor([-1.0, -2.0, -0.5])  # ignored unless logq_correction is on
-    got = task().loss(logits, torch.stack([torch.ones(b), log_q], 1))
+    rows = torch.tensor([0.0, 1.0, 2.0])  # the documents' corpus rows: three different documents
+    got = task().loss(logits, torch.stack([torch.ones(b), log_q, rows], 1))
     assert got.item() == pytest.approx(expected / b, rel=1e-5)
     # graded relevance weighs each query's term: relevance 2, 1, 1 -> (2 l0 + l1 + l2) / 4
     terms = torch.nn.functional.cross_entropy(q @ docs.T, torch.arange(b), reduction="none")
-    graded = task().loss(logits, torch.stack([torch.tensor([2.0, 1.0, 1.0]), log_q], 1))
+    graded = task().loss(logits, torch.stack([torch.tensor([2.0, 1.0, 1.0]), log_q, rows], 1))
     assert graded.item() == pytest.approx(float((2 * terms[0] + terms[1] + terms[2]) / 4), rel=1e-5)
     # logQ correction: in-batch document j's score minus log q_j; the hard negatives' scores unchanged
     expected = 0.0
     for i in range(b):
         scores = [float(q[i] @ docs[j]) - (float(log_q[j]) if j < b else 0.0) for j in range(b + negatives)]
         expected += -(scores[i] - math.log(sum(math.exp(s) for s in scores)))
-    corrected = task(logq_correction=True).loss(logits, torch.stack([torch.ones(b), log_q], 1))
+    corrected = task(logq_correction=True).loss(logits, torch.stack([torch.ones(b), log_q, rows], 1))
     assert corrected.item() == pytest.approx(expected / b, rel=1e-5)
+    # rows 0 and 2 share their document: neither is the other's negative (its column is masked out)
+    expected = 0.0
+    for i in range(b):
+        cols = [j for j in range(b + negatives) if not (j < b and j != i and {i, j} == {0, 2})]
+        scores = [float(q[i] @ docs[j]) for j in cols]
+        expected += -(float(q[i] @ docs[i]) - math.log(sum(math.exp(s) for s in scores)))
+    shared = task().loss(logits, torch.stack([torch.ones(b), log_q, torch.tensor([5.0, 1.0, 5.0])], 1))
+    assert shared.item() == pytest.approx(expected / b, rel=1e-4)
 
 
 def test_logq_is_the_log_share_of_each_document_among_training_positives(toy_config, build_config):
@@ -60,7 +69,8 @@ def test_logq_is_the_log_share_of_each_document_among_training_positives(toy_con
     share = {c: sum(ex.label["id"] == c for ex in examples) / len(examples) for c in CITIES}
     assert t.log_frequency == pytest.approx({c: math.log(v) for c, v in share.items() if v > 0})
     feats = run.data["retrieval"].features["train"]
-    assert feats[0]["labels"] == [1.0, pytest.approx(math.log(share[examples[0].label["id"]]))]
+    first = examples[0].label["id"]
+    assert feats[0]["labels"] == [1.0, pytest.approx(math.log(share[first])), float(CITIES.index(first))]
 
 
 def test_head_dot_product_is_cosine_over_temperature():
@@ -242,3 +252,70 @@ def test_onnx_export_ranks_like_pytorch(tmp_path, toy_config, build_config):
         assert [d["id"] for d in w["retrieval"]["documents"]] == [d["id"] for d in g["retrieval"]["documents"]]
         assert [d["score"] for d in w["retrieval"]["documents"]] == pytest.approx(
             [d["score"] for d in g["retrieval"]["documents"]], abs=1e-4)
+
+
+def test_a_label_column_is_not_relevance_and_relevance_drops_non_positives(toy_config, build_config):
+    data = toy_config(["retrieval"], n_train=16, n_eval=8, train={"epochs": 1})
+    for split in ("train", "validation", "test"):
+        path = Path(data["tasks"]["retrieval"][split])
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for i, r in enumerate(rows):
+            r["label"] = "billing"  # another task's label in the same file: not the retrieval task's business
+            r["grade"] = 0 if i % 4 == 0 else 2
+        write_jsonl(path, rows)
+    from polytask.train.setup import build_run
+
+    assert len(build_run(build_config(data)).data["retrieval"].examples["train"]) == 16
+    data["tasks"]["retrieval"]["relevance"] = "grade"
+    run = build_run(build_config(data))
+    kept = run.data["retrieval"].examples["train"]
+    assert len(kept) == 12 and all(ex.label["relevance"] == 2 for ex in kept)  # rows graded 0 are no positives
+
+
+def test_a_checkpoint_keeps_its_corpus(tmp_path, toy_config, build_config):
+    data = toy_config(["retrieval"], n_train=16, n_eval=8, train={"epochs": 1})
+    result = polytask.train(build_config(data))
+    want = polytask.load(result.output_dir).predict(["flights to denver"])
+    Path(data["tasks"]["retrieval"]["corpus"]).write_text("", encoding="utf-8")  # the file changes after training
+    got = polytask.load(result.output_dir).predict(["flights to denver"])
+    assert got == want
+    saved = result.output_dir / "best" / "corpus" / "retrieval.jsonl"
+    assert len(saved.read_text(encoding="utf-8").splitlines()) == 10
+
+
+@pytest.mark.parametrize("method", ["ewc", "freeze"])
+def test_add_task_to_a_model_with_a_retrieval_task(tmp_path, toy_config, build_config, method):
+    import yaml
+
+    from polytask.cli import main
+
+    data = toy_config(["retrieval", "classification"], n_train=16, n_eval=8, train={"epochs": 1})
+    base = polytask.train(build_config(data)).output_dir
+    new = toy_config(["token"], n_train=16, n_eval=8)["tasks"]
+    task_file = tmp_path / "new.yaml"
+    task_file.write_text(yaml.safe_dump({"tasks": new, "train": {"epochs": 1}}), encoding="utf-8")
+    assert main(["add-task", str(base), str(task_file), "--method", method, "--output", str(tmp_path / "more")]) == 0
+    before, after = polytask.load(base), polytask.load(tmp_path / "more")
+    assert set(after.tasks) == {"retrieval", "classification", "token"}
+    if method == "freeze":  # the old heads do not train: the retrieval head is the base's, copied over
+        for k, v in before.model.heads["retrieval"].state_dict().items():
+            assert torch.equal(v, after.model.heads["retrieval"].state_dict()[k]), k
+        assert after.predict(["flights to denver"])[0]["retrieval"] == before.predict(["flights to denver"])[0][
+            "retrieval"]
+    assert after.predict(["flights to denver"])[0]["retrieval"]["documents"]
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"train": {"mutual": {"peers": 2}}}, "not supported"),
+    ({"train": {"early_stopping": {"metric": "retrieval.loss"}}}, "no validation loss"),
+    ({"tasks": {"retrieval": {"text_pair": "doc"}}}, "tasks.retrieval.text_pair"),
+])
+def test_unsupported_retrieval_combinations_are_exit_2(tmp_path, toy_config, capsys, change, expected):
+    data = toy_config(["retrieval"], n_train=16, n_eval=8, train={"epochs": 1})
+    for section, values in change.items():
+        for k, v in values.items():
+            if section == "tasks":
+                data["tasks"][k].update(v)
+            else:
+                data[section][k] = v
+    assert expected in expect_error(capsys, ["train", write_config(tmp_path, data)])

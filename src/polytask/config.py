@@ -177,11 +177,12 @@ class TaskConfig:
     temperature: float | None = None
     embedding_dim: int | None = None
     top_k: int = 10
+    relevance: str | None = None  # retrieval: a column of graded relevance (a number; <= 0: not a positive)
     logq_correction: bool = False  # retrieval: correct in-batch negatives for documents that are often positives
 
 
 RETRIEVAL_KEYS = ("query", "document", "document_pair", "corpus", "document_id", "negative", "exclude",
-                  "temperature", "embedding_dim", "top_k", "logq_correction")
+                  "temperature", "embedding_dim", "top_k", "relevance", "logq_correction")
 
 
 @dataclass
@@ -666,6 +667,9 @@ class Config:
                 _bad("train.early_stopping.metric", es.metric,
                      "mean, loss, or <task>.<metric> with task one of " + ", ".join(self.tasks))
             ttype = TASK_TYPES.get(self.tasks[task].type)
+            if metric == "loss" and not ttype.has_eval_loss:
+                _bad("train.early_stopping.metric", es.metric, f"a ranking metric of the {ttype.type_name} task: "
+                     + ", ".join(ttype.metric_names) + " (it has no validation loss)")
             if metric not in ttype.metric_names and metric != "loss" and not (
                     self.train.meta.enabled and metric in ("episode_accuracy", "episode_loss")):
                 _bad("train.early_stopping.metric", es.metric,
@@ -728,8 +732,13 @@ class Config:
             _bad(f"{p}.embedding_dim", t.embedding_dim, "null (the encoder's hidden size) or an integer >= 1")
         if t.top_k < 1:
             _bad(f"{p}.top_k", t.top_k, "an integer >= 1")
+        if t.text_pair:
+            raise UserError(f"config key '{p}.text_pair': a retrieval query is one column (query); a document may "
+                            "have two (document, document_pair)")
         if self.train.distill.enabled or t.distill_data:
             raise NotSupportedError(f"task '{name}': distillation of a retrieval task is not supported")
+        if self.train.mutual.enabled:
+            raise NotSupportedError(f"train.mutual with retrieval task '{name}' is not supported")
         a = self.train.augment
         if a.enabled and (a.tasks is None or name in a.tasks):
             raise NotSupportedError(f"train.augment on retrieval task '{name}' is not supported; list the other "
@@ -899,8 +908,9 @@ class Config:
         """Whether joint batches will put every task in one source (one dataset or training file), so that
         every batch holds every task."""
         from polytask.data.features import source_key
+        from polytask.tasks import TASK_TYPES
 
-        keys = {source_key(t) for t in self.tasks.values()}
+        keys = {source_key(t) if TASK_TYPES.get(t.type).shares_inputs else ("task", n) for n, t in self.tasks.items()}
         return self.train.joint_batches == "auto" and len(keys) == 1 and None not in keys
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from polytask.config import ContinualConfig
-from polytask.data.features import TaskData, collate
+from polytask.data.features import TaskData, collate_training
 from polytask.errors import UserError
 
 
@@ -31,6 +31,9 @@ def start_from_base(model: nn.Module, base: nn.Module, base_tasks: dict[str, Any
     for name, head in model.heads.items():
         if name not in base.heads:
             notes.append(f"task '{name}': a new head")
+            continue
+        if not isinstance(head, nn.Sequential):  # a head whose shape has nothing to do with labels (retrieval)
+            head.load_state_dict(base.heads[name].state_dict())
             continue
         old_linear, new_linear = base.heads[name][-1], head[-1]  # Sequential(Dropout, Linear)
         c = old_linear.out_features
@@ -93,7 +96,7 @@ class Continual:
         for name in self.old_tasks:
             feats = data[name].features.get("train", [])
             for s in range(0, min(len(feats), self.cfg.fisher_batches * batch_size), batch_size):
-                batch = collate(feats[s:s + batch_size], tasks[name], pad_id)
+                batch = collate_training(feats[s:s + batch_size], tasks[name], pad_id)
                 model.zero_grad(set_to_none=True)
                 logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                batch["token_type_ids"].to(device), tasks=[name])[name]

@@ -24,7 +24,7 @@ from polytask.model.io import read_meta, write_json
 from polytask.predict import Predictor, checkpoint_dir
 from polytask.train.loop import train
 
-FILE_KEYS = ("train", "validation", "test", "distill_data")
+FILE_KEYS = ("train", "validation", "test", "distill_data", "corpus")
 
 
 @dataclass

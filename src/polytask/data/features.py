@@ -218,6 +218,16 @@ def collate(features: list[dict[str, Any]], task: TaskType, pad_id: int) -> dict
     return batch
 
 
+def collate_training(features: list[dict[str, Any]], task: TaskType, pad_id: int) -> dict[str, Any]:
+    """A batch of one task's labelled features as training lays it out: ``collate``, except for a type that lays
+    out its own encoder rows (retrieval: queries, then their documents and hard negatives)."""
+    if not task.expands_rows:
+        return collate(features, task, pad_id)
+    batch: dict[str, Any] = {"task": task.name, **pad_inputs(task.encoder_rows(features), pad_id)}
+    batch["labels"] = task.collate_labels([f["labels"] for f in features], batch["input_ids"].shape[1])
+    return batch
+
+
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 

@@ -312,6 +312,8 @@ def export_onnx(run: str | Path, output: str | Path | None = None, quantize: str
         meta["config"] = config.to_dict()
         meta.pop("peft", None)
         write_json(tmp / META_FILE, meta)
+        for task in source.tasks.values():
+            task.save_files(tmp)  # e.g. a retrieval task's corpus, so the export ranks the same documents anywhere
         graph = OnnxModel(tmp / ONNX_FILE)
         check = _verify(model, graph, reference, verify_samples, batch_size)
         worst = max(v["max_abs_diff"] for v in check.values())

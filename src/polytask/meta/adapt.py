@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from polytask.config import apply_override, load_config, read_yaml
-from polytask.errors import UserError
+from polytask.errors import NotSupportedError, UserError
 from polytask.model.io import read_meta, write_json
 
 # few-shot fine-tuning: many short epochs, early stopping on the held-out slice (overridable in the task file)
@@ -162,7 +162,7 @@ def adapt(start: str | Path, task_file: str | Path, shots: int | None = None, se
         raise UserError(f"{task_file}: task '{name}' must be a mapping of its settings")
     folder = Path(task_file).resolve().parent
     spec = dict(spec)
-    for k in ("train", "validation", "test"):  # the task file's relative paths are relative to it
+    for k in ("train", "validation", "test", "corpus"):  # the task file's relative paths are relative to it
         if isinstance(spec.get(k), str) and not Path(spec[k]).is_absolute():
             here = Path(spec[k])
             spec[k] = str(here.resolve() if here.exists() else (folder / here).resolve())
@@ -197,6 +197,10 @@ def adapt(start: str | Path, task_file: str | Path, shots: int | None = None, se
     probe = load_config(data=copy.deepcopy(data))
     out = Path(probe.train.output_dir)
     task = build_task(name, probe.tasks[name])
+    if task.type_name not in ("classification", "multilabel_classification", "token_classification"):
+        raise NotSupportedError(f"{task_file}: polytask adapt learns classification, multilabel_classification and "
+                                f"token_classification tasks from K examples per class; task '{name}' is "
+                                f"{task.type_name}")
     source = f"the training data of task '{name}' ({spec.get('dataset') or spec.get('train')})"
     rows = task_rows(name, probe.tasks[name], "train")
     test = sampled_rows(task, "test")  # the rows the task's own config would score (max_eval_samples of them)

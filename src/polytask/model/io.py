@@ -93,6 +93,8 @@ def fill_model_folder(folder: Path, model: MultiTaskModel, tokenizer, config: Co
         save_model(model, str(folder / WEIGHTS_FILE))
     model.encoder.config.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+    for task in tasks.values():
+        task.save_files(folder)  # e.g. a retrieval task's corpus
     write_json(folder / META_FILE, meta)
 
 
@@ -145,6 +147,7 @@ def load_parts(folder: str | Path) -> tuple[dict[str, Any], Config, dict[str, Ta
     tasks = {name: build_task(name, config.tasks[name], spec["labels"]) for name, spec in meta["tasks"].items()}
     for name, spec in meta["tasks"].items():
         tasks[name].load_spec(spec)
+        tasks[name].load_files(folder)
     return meta, config, tasks, load_tokenizer(folder)
 
 

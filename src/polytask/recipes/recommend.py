@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,11 @@ def user_query(predictor, task: str, user_id: str) -> dict[str, Any]:
     if column not in record:
         raise UserError(f"built-in dataset '{cfg.dataset}' describes users in {', '.join(record)}, not in "
                         f"'{column}', the query column of task '{task}'")
+    if cfg.exclude:  # what the user has seen, in whichever column the task reads its exclusions from
+        record[cfg.exclude] = record["seen"]
+    else:
+        print(f"polytask: warning: task '{task}' was trained without an exclusion column (tasks.{task}.exclude), so "
+              "documents this user has already seen may be recommended", file=sys.stderr, flush=True)
     return record
 
 

@@ -50,6 +50,7 @@ class TaskType:
     # rows (joint batches) and its training features say nothing about how it predicts.
     expands_rows = False
     shares_inputs = True
+    has_eval_loss = True  # validation reports this task's loss (retrieval ranks a corpus instead)
     metric_names: tuple[str, ...] = ()
     main_metric = ""  # the type's default; instances overwrite it in choose_metric()
 
@@ -228,6 +229,13 @@ class TaskType:
 
     def metrics(self, predictions: list[Any], golds: list[Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def save_files(self, folder) -> None:
+        """Write what this task needs beside ``spec()`` into a checkpoint or export ``folder`` (retrieval: its
+        corpus); most types need nothing."""
+
+    def load_files(self, folder) -> None:
+        """Take back what ``save_files`` wrote into ``folder`` (a checkpoint being loaded)."""
 
     def spec(self) -> dict[str, Any]:
         """What a checkpoint stores about this task to rebuild it without data."""

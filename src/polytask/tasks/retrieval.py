@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class Corpus:
     features: list[dict[str, Any]]
     position: dict[str, int]  # id -> row
     source: str  # for messages
+    raw: list[dict[str, Any]]  # {"id", "document", "document_pair"} per row: what a checkpoint keeps
 
 
 @TASK_TYPES.register("retrieval")
@@ -67,8 +69,8 @@ class Retrieval(TaskType):
     the process's own batch: they are not gathered across processes.
 
     Columns: ``query`` (default ``text``), ``document`` (+ ``document_pair``), optionally ``document_id``,
-    ``negative``, ``exclude`` (ids never ranked for that row) and ``label`` (graded relevance, a number: rows
-    with relevance <= 0 are not positives; absent: 1). ``logq_correction`` corrects the in-batch softmax for
+    ``negative``, ``exclude`` (ids never ranked for that row) and ``relevance`` (graded relevance, a number:
+    rows with relevance <= 0 are not positives; absent: 1). ``logq_correction`` corrects the in-batch softmax for
     documents that are positives of many rows (popular items in recommendation; see ``scores``). Evaluation
     embeds the ``corpus`` once and ranks all of it exactly (a matrix product) for every query; metrics recall@k,
     hit rate@k, NDCG@k, MRR@k for k in 1, 5, 10 (main: ndcg@10).
@@ -91,12 +93,14 @@ class Retrieval(TaskType):
     main_metric = "ndcg@10"
     expands_rows = True  # a training batch holds B queries, then their B documents, then hard negatives
     shares_inputs = False
+    has_eval_loss = False
 
     def __init__(self, name, cfg, labels=None):
         super().__init__(name, cfg, labels)
         self.corpus: Corpus | None = None
         self.index: torch.Tensor | None = None  # corpus embeddings [C, D] of the current evaluation
         self.log_frequency: dict[str, float] = {}  # logQ correction: document -> log of its share of positives
+        self.saved_corpus: Path | None = None  # the corpus a loaded checkpoint keeps
 
     @property
     def input_column(self) -> str:
@@ -105,23 +109,29 @@ class Retrieval(TaskType):
     # -- reading ------------------------------------------------------------------------------------------
     @property
     def label_column(self) -> str:
-        return self.cfg.document  # a row without a document is not this task's (``label`` is optional here)
+        """A row without a document (its id, when documents have ids) is not this task's."""
+        return self.cfg.document_id or self.cfg.document
 
     def read(self, record: dict[str, Any], where: str, labelled: bool = True) -> Example:
         query = self._text(record, self.input_column, where)
-        extra: dict[str, Any] = {"exclude": self._exclude(record, where)}
+        exclude = self._exclude(record, where)
         label = None
         if labelled:
+            doc_id = self._id(record, self.cfg.document_id, where) if self.cfg.document_id else None
+            # with ids the corpus holds the document's text: a row needs only the id
+            text = (self._text(record, self.cfg.document, where) if doc_id is None or self.cfg.document in record
+                    else None)
             label = {
-                "document": self._text(record, self.cfg.document, where),
-                "document_pair": self._text(record, self.cfg.document_pair, where) if self.cfg.document_pair else None,
-                "id": self._id(record, self.cfg.document_id, where) if self.cfg.document_id else None,
+                "document": text,
+                "document_pair": (self._text(record, self.cfg.document_pair, where)
+                                  if self.cfg.document_pair and doc_id is None else None),
+                "id": doc_id,
                 "negative": self._text(record, self.cfg.negative, where) if self.cfg.negative else None,
                 "relevance": self._relevance(record, where),
                 "query": query,  # rows that share a query (and its exclusions) are scored as one query
-                "exclude": tuple(extra["exclude"]),
+                "exclude": exclude,
             }
-        return Example(text=query, text_pair=None, label=label, where=where, extra=extra)
+        return Example(text=query, text_pair=None, label=label, where=where, extra={"exclude": exclude})
 
     def _id(self, record: dict[str, Any], column: str, where: str) -> str:
         value = self._column(record, column, where)
@@ -131,6 +141,8 @@ class Retrieval(TaskType):
         return str(value)
 
     def _exclude(self, record: dict[str, Any], where: str) -> list[str]:
+        """The row's excluded ids; a list of strings is kept as it is, not copied (MovieLens' 98k training rows
+        list ~10M ids between them)."""
         if not self.cfg.exclude or record.get(self.cfg.exclude) is None:
             return []
         value = record[self.cfg.exclude]
@@ -139,19 +151,20 @@ class Retrieval(TaskType):
         if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (str, int))
                                                        for v in value):
             raise UserError(f"{where}: column '{self.cfg.exclude}' must list document ids, got {value!r}")
-        return [str(v) for v in value]
+        return value if all(isinstance(v, str) for v in value) else [str(v) for v in value]
 
     def _relevance(self, record: dict[str, Any], where: str) -> float:
-        if self.cfg.label not in record:
+        column = self.cfg.relevance
+        if column is None:
             return 1.0  # plain (query, relevant document) pairs
-        value = record[self.cfg.label]
+        raw = self._column(record, column, where)
         try:
-            value = float(value)
+            value = float(raw)
         except (TypeError, ValueError):
             value = float("nan")
-        if isinstance(record[self.cfg.label], bool) or not math.isfinite(value):
-            raise UserError(f"{where}: relevance column '{self.cfg.label}' of retrieval task '{self.name}' must be "
-                            f"a number, got {record[self.cfg.label]!r}")
+        if isinstance(raw, bool) or not math.isfinite(value):
+            raise UserError(f"{where}: relevance column '{column}' of retrieval task '{self.name}' must be a "
+                            f"number, got {raw!r}")
         return value
 
     def fit_labels(self, examples, known=None) -> None:
@@ -166,11 +179,15 @@ class Retrieval(TaskType):
             self.log_frequency = {k: math.log(c / total) for k, c in counts.items()}
 
     # -- corpus -------------------------------------------------------------------------------------------
-    def load_corpus(self, tokenizer, max_length: int) -> Corpus:
-        """Read and tokenise the candidate documents (once per task object): the ``corpus`` file, else the
-        built-in dataset's corpus. Ids: the ``document_id`` column, else the document text itself."""
-        if self.corpus is not None:
-            return self.corpus
+    def corpus_rows(self) -> tuple[list[tuple[str, str, str | None]], str]:
+        """``[(id, text, pair)]`` of the candidate documents and where they come from: the copy a checkpoint
+        keeps (``corpus/<task>.jsonl``), else the ``corpus`` file, else the built-in dataset's corpus. Ids: the
+        ``document_id`` column, else the document text itself (the same text twice is one candidate)."""
+        if self.saved_corpus is not None:
+            from polytask.data.readers import read_rows
+
+            return ([(r["id"], r["document"], r.get("document_pair")) for _, r in read_rows(self.saved_corpus)],
+                    str(self.saved_corpus))
         if self.cfg.corpus is not None:
             from polytask.data.readers import read_rows
 
@@ -186,24 +203,47 @@ class Retrieval(TaskType):
                 raise UserError(f"config key 'tasks.{self.name}.corpus' is missing: {source} has no corpus")
         if not rows:
             raise UserError(f"the corpus of retrieval task '{self.name}' ({source}) has no rows")
-        ids, texts, pairs, shown, position = [], [], [], [], {}
+        out, seen = [], set()
         for where, rec in rows:
             text = self._text(rec, self.cfg.document, where)
             pair = self._text(rec, self.cfg.document_pair, where) if self.cfg.document_pair else None
             doc_id = self._id(rec, self.cfg.document_id, where) if self.cfg.document_id else text
-            if doc_id in position:
+            if doc_id in seen:
                 if self.cfg.document_id:
                     raise UserError(f"{where}: document id {doc_id!r} appears twice in the corpus ({source})")
-                continue  # the same text twice: one candidate
-            position[doc_id] = len(ids)
-            ids.append(doc_id)
-            texts.append(text)
-            pairs.append(pair)
-            shown.append(text if pair is None else f"{text} {pair}")
+                continue
+            seen.add(doc_id)
+            out.append((doc_id, text, pair))
+        return out, source
+
+    def load_corpus(self, tokenizer, max_length: int) -> Corpus:
+        """The candidate documents read and tokenised (once per task object)."""
+        if self.corpus is not None:
+            return self.corpus
+        rows, source = self.corpus_rows()
+        texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
         enc = tokenizer(texts, pairs if self.cfg.document_pair else None, truncation=True, max_length=max_length)
-        feats = [_feature(enc, i) for i in range(len(ids))]
-        self.corpus = Corpus(ids, shown, feats, position, source)
+        self.corpus = Corpus(ids=[i for i, _, _ in rows], texts=[t if p is None else f"{t} {p}" for _, t, p in rows],
+                             features=[_feature(enc, i) for i in range(len(rows))],
+                             position={i: k for k, (i, _, _) in enumerate(rows)}, source=source,
+                             raw=[{"id": i, "document": t, "document_pair": p} for i, t, p in rows])
         return self.corpus
+
+    def save_files(self, folder: Path) -> None:
+        """Keep the corpus with the checkpoint (or export), so that it predicts the same documents anywhere —
+        not whatever the corpus path holds by then, nor only where the built-in dataset is installed."""
+        if self.corpus is None and self.saved_corpus is None and self.cfg.corpus is None and self.cfg.dataset is None:
+            return
+        rows = (self.corpus.raw if self.corpus is not None
+                else [{"id": i, "document": t, "document_pair": p} for i, t, p in self.corpus_rows()[0]])
+        (folder / "corpus").mkdir(exist_ok=True)
+        with open(folder / "corpus" / f"{self.name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    def load_files(self, folder: Path) -> None:
+        saved = folder / "corpus" / f"{self.name}.jsonl"
+        if saved.is_file():
+            self.saved_corpus = saved
 
     def document_key(self, label: dict[str, Any]) -> str:
         """The corpus id of a row's relevant document."""
@@ -227,27 +267,31 @@ class Retrieval(TaskType):
     # -- features -----------------------------------------------------------------------------------------
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict[str, Any]]:
         """Each feature: the query's input ids (what the encoder reads at prediction), the excluded ids and,
-        for labelled rows, the document (and hard negative) tokenised and the relevance."""
+        for labelled rows, the document's tokens (the corpus's own, when documents have ids), the hard
+        negative's, and ``labels`` = [relevance, log q of the document, its corpus row]."""
         corpus = self.load_corpus(tokenizer, max_length)
         self.check_in_corpus(examples, corpus)
         q = tokenizer([ex.text for ex in examples], truncation=True, max_length=max_length)
         labelled = [ex for ex in examples if ex.label is not None]
-        if labelled:
+        d = n = None
+        if labelled and not self.cfg.document_id:
             d = tokenizer([ex.label["document"] for ex in labelled],
                           [ex.label["document_pair"] for ex in labelled] if self.cfg.document_pair else None,
                           truncation=True, max_length=max_length)
-            n = (tokenizer([ex.label["negative"] for ex in labelled], truncation=True, max_length=max_length)
-                 if self.cfg.negative else None)
+        if labelled and self.cfg.negative:
+            n = tokenizer([ex.label["negative"] for ex in labelled], truncation=True, max_length=max_length)
         feats, j = [], 0
         for i, ex in enumerate(examples):
             f = {**_feature(q, i), "exclude": (ex.extra or {}).get("exclude", [])}
             if ex.label is not None:
-                f["document"] = _feature(d, j)
+                key = self.document_key(ex.label)
+                f["document"] = corpus.features[corpus.position[key]] if d is None else _feature(d, j)
                 if n is not None:
                     f["negative"] = _feature(n, j)
-                # [relevance, log q]: log q, the log of how often the document is a positive, is what the
-                # logQ correction subtracts from its in-batch score (0 without it, or for an unseen document)
-                f["labels"] = [ex.label["relevance"], self.log_frequency.get(self.document_key(ex.label), 0.0)]
+                # log q: what the logQ correction subtracts from the document's in-batch score (0 without it);
+                # the corpus row tells which in-batch documents are the same one (never each other's negative)
+                f["labels"] = [ex.label["relevance"], self.log_frequency.get(key, 0.0),
+                               float(corpus.position[key])]
                 j += 1
             feats.append(f)
         return feats
@@ -259,7 +303,7 @@ class Retrieval(TaskType):
                 + [f["document"] for f in features] + [f["negative"] for f in features if "negative" in f])
 
     def collate_labels(self, labels: list[list[float]], seq_len: int) -> torch.Tensor:
-        return torch.tensor(labels, dtype=torch.float)  # [B, 2]: relevance, log q of the row's document
+        return torch.tensor(labels, dtype=torch.float64)  # [B, 3]: relevance, log q, corpus row (exact in fp64)
 
     def placeholder_labels(self, feature):
         raise UserError(f"retrieval task '{self.name}' cannot learn from unlabelled rows")
@@ -292,12 +336,17 @@ class Retrieval(TaskType):
         hard negatives, which are not drawn by frequency) makes the score estimate log p(d|q)."""
         n = labels.shape[0]
         out = logits[:n].float() @ logits[n:].float().T  # [n, N - n]
+        in_batch = out[:, :n]
         if self.cfg.logq_correction:
-            out = torch.cat([out[:, :n] - labels[:, 1][None, :], out[:, n:]], dim=1)
-        return out
+            in_batch = in_batch - labels[:, 1].float()[None, :]
+        # a document that is the positive of two rows of the batch is no negative of either: mask the copy
+        rows = labels[:, 2]
+        same = (rows[:, None] == rows[None, :]) & ~torch.eye(n, dtype=torch.bool, device=rows.device)  # [n, n]
+        in_batch = in_batch.masked_fill(same, -1e4)  # (not -inf: SMART's KL of two such rows stays finite)
+        return torch.cat([in_batch, out[:, n:]], dim=1)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        n, relevance = labels.shape[0], labels[:, 0]  # labels [B, 2]; logits [2B + negatives, D]
+        n, relevance = labels.shape[0], labels[:, 0].float()  # labels [B, 3]; logits [2B + negatives, D]
         per_query = F.cross_entropy(self.scores(logits, labels), torch.arange(n, device=logits.device),
                                     reduction="none")
         return (per_query * relevance).sum() / relevance.sum()  # graded relevance weighs its query's term
@@ -336,7 +385,7 @@ class Retrieval(TaskType):
         queries: dict[Any, tuple[list[str], dict[str, float]]] = {}
         for pred, gold in zip(predictions, golds):
             ranking = pred.get("ranking") or [d["id"] for d in pred["documents"]]
-            _, relevant = queries.setdefault((gold["query"], gold["exclude"]), (ranking, {}))
+            _, relevant = queries.setdefault((gold["query"], tuple(gold["exclude"])), (ranking, {}))
             doc = self.document_key(gold)
             relevant[doc] = max(relevant.get(doc, 0.0), gold["relevance"])
         pooled = [(r, rel) for r, rel in queries.values() if any(g > 0 for g in rel.values())]

@@ -141,7 +141,7 @@ def objective_keys(config) -> tuple[list[str], list[str]]:
                         f"({', '.join(config.tasks)}) or <task>.<metric>")
     if metric:
         ttype = TASK_TYPES.get(config.tasks[task].type)
-        if metric not in (*ttype.metric_names, "loss"):
+        if metric not in (*ttype.metric_names, *(("loss",) if ttype.has_eval_loss else ())):
             raise UserError(f"config key 'tune.objective' has bad value {obj!r}; for a {config.tasks[task].type} "
                             f"task: {', '.join((*ttype.metric_names, 'loss'))}")
         return [obj], [direction(metric)]
