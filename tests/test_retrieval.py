@@ -319,3 +319,29 @@ def test_unsupported_retrieval_combinations_are_exit_2(tmp_path, toy_config, cap
             else:
                 data[section][k] = v
     assert expected in expect_error(capsys, ["train", write_config(tmp_path, data)])
+
+
+def test_a_retrieval_batch_encodes_short_documents_apart_from_long_queries(toy_config, build_config):
+    """Documents are not padded to the longest query: two encoder passes, the same outputs as one (fp32)."""
+    from polytask.train.setup import build_run
+
+    run = build_run(build_config(toy_config(["retrieval"], n_train=8, n_eval=8, train={"epochs": 1})))
+    model = run.model.eval()
+    feats = run.data["retrieval"].features["train"][:4]
+    for f in feats:  # long queries
+        f["input_ids"] = f["input_ids"][:-1] + [1996] * 20 + f["input_ids"][-1:]
+        f["token_type_ids"] = [0] * len(f["input_ids"])
+    from polytask.data.features import pad_inputs
+
+    batch = pad_inputs(run.tasks["retrieval"].encoder_rows(feats), run.pad_id)
+    calls = []
+    hook = model.encoder.register_forward_hook(lambda m, a, k, out: calls.append(k["input_ids"].shape),
+                                               with_kwargs=True)
+    with torch.no_grad():
+        split = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=["retrieval"])
+        model.mixed_lengths = set()
+        whole = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=["retrieval"])
+    hook.remove()
+    width = batch["input_ids"].shape[1]
+    assert calls[0][1] < width and calls[1] == (4, width) and calls[2] == (8, width)  # documents, queries; one pass
+    assert torch.allclose(split["retrieval"], whole["retrieval"], atol=1e-5)

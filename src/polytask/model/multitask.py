@@ -36,6 +36,8 @@ class MultiTaskModel(nn.Module):
         self.adapters = adapters
         self.pooling = pooling
         self.levels = {name: t.level for name, t in tasks.items()}
+        # tasks whose batches mix short and long rows by design (retrieval: long queries, short documents)
+        self.mixed_lengths = {name for name, t in tasks.items() if t.expands_rows}
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({name: t.build_head(hidden, dropout) for name, t in tasks.items()})
 
@@ -68,8 +70,12 @@ class MultiTaskModel(nn.Module):
         """One batch through the encoder and the requested heads (what ``forward`` does per segment)."""
         kwargs = self.encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
         if self.adapters is None:
+            names = list(self.heads) if tasks is None else list(tasks)
+            groups = self.length_groups(attention_mask, names)
+            if groups is not None:
+                return self.pooled_heads(kwargs, attention_mask, groups, names)
             hidden = self.encoder(**kwargs).last_hidden_state  # [B, T, H]
-            return self.heads_from_hidden(hidden, attention_mask, tasks)
+            return self.heads_from_hidden(hidden, attention_mask, names)
         from polytask.model.adapters import activate
 
         groups: dict[str, list[str]] = {}
@@ -80,6 +86,37 @@ class MultiTaskModel(nn.Module):
             activate(self.encoder, adapter)
             out.update(self.heads_from_hidden(self.encoder(**kwargs).last_hidden_state, attention_mask, names))
         return out
+
+    def length_groups(self, attention_mask: torch.Tensor, names: list[str]) -> list[tuple[torch.Tensor, int]] | None:
+        """For a batch that mixes short and long rows by design (a retrieval batch: queries, then documents) and
+        feeds sequence-level heads only: ``[(rows, length)]``, the rows no longer than half the padded length
+        (trimmed to their longest) and the others — two encoder passes instead of padding every document to the
+        longest query. None when the batch gains nothing from it."""
+        if not self.mixed_lengths.intersection(names) or any(self.levels[n] == "token" for n in names):
+            return None
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # (ONNX export: no data-dependent branch)
+            return None
+        lengths = attention_mask.sum(1)  # [B]
+        width = attention_mask.shape[1]
+        short = lengths <= width // 2
+        if bool(short.all()) or not bool(short.any()):
+            return None
+        rows_short, rows_long = short.nonzero().squeeze(1), (~short).nonzero().squeeze(1)
+        return [(rows_short, int(lengths[rows_short].max())), (rows_long, width)]
+
+    def pooled_heads(self, kwargs: dict[str, torch.Tensor], attention_mask: torch.Tensor,
+                     groups: list[tuple[torch.Tensor, int]], names: list[str]) -> dict[str, torch.Tensor]:
+        """Sequence-level heads over a batch encoded in ``groups`` of rows, each padded only to its own length;
+        the pooled vectors go back to the batch's row order."""
+        parts, order = [], []
+        for rows, length in groups:
+            sub = {k: v[rows, :length] for k, v in kwargs.items()}  # [b, length] (inputs_embeds [b, length, H])
+            parts.append(self.pool(self.encoder(**sub).last_hidden_state, attention_mask[rows, :length]))
+            order.append(rows)
+        inverse = torch.empty_like(torch.cat(order))
+        inverse[torch.cat(order)] = torch.arange(inverse.numel(), device=inverse.device)
+        pooled = torch.cat(parts)[inverse]  # [B, H] in the batch's order
+        return {name: self.heads[name](pooled) for name in names}
 
     def encoder_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                        token_type_ids: torch.Tensor | None = None,
