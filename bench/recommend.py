@@ -144,8 +144,9 @@ def polytask_run(cf, method: str, seed: int, folder: Path, overrides: list[str],
     from polytask.predict import Predictor
     from polytask.train.loop import train
 
-    cfg = load_config(RECIPE, [*overrides, f"train.seed={seed}", f"train.output_dir={folder}", "train.progress=false",
+    cfg = load_config(RECIPE, [*overrides, f"train.output_dir={folder}", "train.progress=false",
                                "train.tensorboard=false"])
+    cfg.train.seed += seed  # seed 0 is the recipe's own (42), then 43, 44, ...
     if method == "retrieval":
         cfg.tasks = {RETRIEVAL_TASK: cfg.tasks[RETRIEVAL_TASK]}
         cfg.train.early_stopping.metric = f"{RETRIEVAL_TASK}.ndcg@10"
