@@ -21,8 +21,8 @@ The collaborative baselines are for this benchmark only, not dependencies of pol
     OMP_NUM_THREADS=1 .venv/bin/python bench/recommend.py --seeds 3          # the table in BENCHMARKS.md
     .venv/bin/python bench/recommend.py --quick                              # a tiny run that checks the script
 
-A finished polytask run with the same config is reused (its scores are kept in ``result.json``; the weights are
-deleted). The last line is ``ratio: <polytask multitask NDCG@10 / the best collaborative NDCG@10>``.
+A finished polytask run with the same config is reused (its scores are kept in ``result.json``, its ``best/``
+checkpoint beside it). The last line is ``ratio: <polytask multitask NDCG@10 / the best collaborative NDCG@10>``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ BASELINES = ("popularity", "als", "svd")
 POLYTASK = ("retrieval", "multitask")
 RETRIEVAL_TASK = "next_movie"
 RATING_TASK = "rating"
+DEEP = 100  # rankings kept this deep: the cold-start slice is also scored at HR@100 (its movies rarely make a top 10)
+RESULT_VERSION = 2  # part of a run's reuse key: results written before HR@100 was kept are recomputed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             took = "reused" if res.get("reused") else f"{res['train_seconds']:.1f} s"
             rmse = f"  RMSE {res['rmse']:.4f}" if res.get("rmse") is not None else ""
             print(f"{m} seed {seed}: HR@10 {res['hr']:.4f}  NDCG@10 {res['ndcg']:.4f}  cold-start HR@10 "
-                  f"{res['cold_hr']:.4f}{rmse}  ({took})", flush=True)
+                  f"{res['cold_hr']:.4f}  cold-start HR@{DEEP} {res['cold_hr_deep']:.4f}{rmse}  ({took})", flush=True)
 
     def cell(m: str, key: str, scale: float = 1.0, digits: int = 4) -> str:
         values = [r[key] * scale for r in results[m] if r.get(key) is not None]
@@ -101,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
 
     print()
-    print("| method | HR@10 | NDCG@10 | cold-start HR@10 | cold-start NDCG@10 | rating RMSE | training s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| method | HR@10 | NDCG@10 | cold-start HR@10 | cold-start NDCG@10 | cold-start HR@{DEEP} | rating RMSE "
+          "| training s |")
+    print("|---|---|---|---|---|---|---|---|")
     for m in methods:
         print(f"| {m} | {cell(m, 'hr')} | {cell(m, 'ndcg')} | {cell(m, 'cold_hr')} | {cell(m, 'cold_ndcg')} | "
-              f"{cell(m, 'rmse')} | {cell(m, 'train_seconds', digits=1)} |")
+              f"{cell(m, 'cold_hr_deep')} | {cell(m, 'rmse')} | {cell(m, 'train_seconds', digits=1)} |")
     best_cf = max((sum(r["ndcg"] for r in results[m]) / len(results[m]) for m in methods if m in ("als", "svd",
                                                                                                   "popularity")),
                   default=float("nan"))
@@ -118,18 +121,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def scores(cf, rankings: list[list[str]], rows, counts) -> dict[str, Any]:
-    ev = cf.evaluate_rankings(rankings, rows, counts, ks=(10,))
+    """HR@10 and NDCG@10 over every row and over the cold-start slice, and the slice's HR@100 (rankings [DEEP])."""
+    ev = cf.evaluate_rankings(rankings, rows, counts, ks=(10, DEEP))
     return {"hr": ev["overall"]["hit_rate@10"], "ndcg": ev["overall"]["ndcg@10"],
-            "cold_hr": ev["cold_start"].get("hit_rate@10", 0.0), "cold_ndcg": ev["cold_start"].get("ndcg@10", 0.0)}
+            "cold_hr": ev["cold_start"].get("hit_rate@10", 0.0), "cold_ndcg": ev["cold_start"].get("ndcg@10", 0.0),
+            "cold_hr_deep": ev["cold_start"].get(f"hit_rate@{DEEP}", 0.0)}
 
 
 def baseline(cf, method: str, seed: int, rows, counts) -> dict[str, Any]:
     if method == "popularity":
-        res = cf.popularity("test")
+        res = cf.popularity("test", k=DEEP)
     elif method == "als":
-        res = cf.als("test", seed=seed)
+        res = cf.als("test", seed=seed, k=DEEP)
     else:
-        res = cf.svd("test", seed=seed)
+        res = cf.svd("test", seed=seed, k=DEEP)
     n = len(rows)
     out = {**scores(cf, res.rankings[:n], rows, counts), "train_seconds": res.train_seconds}
     if res.predictions is not None:
@@ -151,7 +156,7 @@ def polytask_run(cf, method: str, seed: int, folder: Path, overrides: list[str],
         cfg.tasks = {RETRIEVAL_TASK: cfg.tasks[RETRIEVAL_TASK]}
         cfg.train.early_stopping.metric = f"{RETRIEVAL_TASK}.ndcg@10"
         cfg.validate()
-    wanted = {"config": cfg.to_dict(), "users": len(rows)}
+    wanted = {"config": cfg.to_dict(), "users": len(rows), "version": RESULT_VERSION}
     path = folder / "result.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -164,7 +169,7 @@ def polytask_run(cf, method: str, seed: int, folder: Path, overrides: list[str],
     records = [{"user_text": r["user_text"], "item_text": r["item_text"], "seen": r["seen"]} for r in rows]
     tasks = [t for t in (RETRIEVAL_TASK, RATING_TASK) if t in predictor.tasks]
     task = predictor.tasks[RETRIEVAL_TASK]
-    old_k, task.cfg.top_k = task.cfg.top_k, 10
+    old_k, task.cfg.top_k = task.cfg.top_k, DEEP
     preds = predictor.predict(records, tasks=tasks, batch_size=64)
     task.cfg.top_k = old_k
     rankings = [[d["id"] for d in p[RETRIEVAL_TASK]["documents"]] for p in preds]
@@ -172,8 +177,7 @@ def polytask_run(cf, method: str, seed: int, folder: Path, overrides: list[str],
     if RATING_TASK in tasks:
         # ratings live on 1-5: a prediction outside is clipped, as surprise clips SVD's
         out["rmse"] = cf.rmse([min(5.0, max(1.0, p[RATING_TASK]["value"])) for p in preds], rows)
-    for sub in ("best", "last"):  # ~90 MB each; the scores are in result.json
-        shutil.rmtree(folder / sub, ignore_errors=True)
+    shutil.rmtree(folder / "last", ignore_errors=True)  # best/ stays (~90 MB): another metric needs no retraining
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": wanted, **out}, indent=2), encoding="utf-8")
     return out
