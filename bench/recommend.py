@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in BASELINES + POLYTASK]
     if unknown:
         raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES + POLYTASK)}")
+    if args.quick:  # a check of the script: a baseline whose library is not installed is left out, and said so
+        import importlib.util
+
+        for m, module in (("als", "implicit"), ("svd", "surprise")):
+            if m in methods and importlib.util.find_spec(module) is None:
+                methods.remove(m)
+                print(f"--quick: {m} left out ({module} is not installed: {cf.INSTALL})")
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     overrides = list(args.overrides)
     if args.quick:  # a few dozen rows, short inputs, one epoch: checks the script, measures nothing
