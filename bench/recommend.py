@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from polytask.compare.runner import mean_std
 
-    methods = args.methods.split(",") if args.methods else list(BASELINES + POLYTASK)
+    # --quick checks the script: one polytask model is enough (retrieval alone runs the same code, one task less)
+    methods = (args.methods.split(",") if args.methods else
+               list(BASELINES + (("multitask",) if args.quick else POLYTASK)))
     unknown = [m for m in methods if m not in BASELINES + POLYTASK]
     if unknown:
         raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES + POLYTASK)}")
