@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import add_budget_args, budget, example_config, machine, parser, ratio_line, setup_threads
+from common import add_budget_args, budget, example_config, keyed_result, machine, parser, ratio_line, setup_threads
 
 AUGMENT = ("augment", "augment-consistency")
 
@@ -179,20 +179,17 @@ def run_one(base, method: str, seed: int, folder: Path, rate: float, train_confi
     adversarial = train_config.get("adversarial", {}).get("method", "none")
     wanted = {"config": cfg.to_dict(), "rate": rate, "options": ADVERSARIAL.get(adversarial).options
               if adversarial != "none" else {}}  # the defaults too: a changed default is a different run
-    path = folder / "result.json"
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("key") == wanted:
-            return {**old, "reused": True}
-    start = time.perf_counter()
-    res = train(cfg, overwrite=True)
-    seconds = time.perf_counter() - start
-    rob = robustness(Predictor(res.best_dir), "test", rate=rate, seed=0, progress=False)
-    out = {"key": wanted, "tasks": rob["tasks"], "train_seconds": round(seconds, 1), "steps": res.global_step}
-    for sub in ("best", "last"):  # ~250 MB each; the scores are in result.json
-        shutil.rmtree(folder / sub, ignore_errors=True)
-    path.write_text(json.dumps(out, indent=2), encoding="utf-8")
-    return out
+
+    def make() -> dict:
+        start = time.perf_counter()
+        res = train(cfg, overwrite=True)
+        seconds = time.perf_counter() - start
+        rob = robustness(Predictor(res.best_dir), "test", rate=rate, seed=0, progress=False)
+        for sub in ("best", "last"):  # ~250 MB each; the scores are in result.json
+            shutil.rmtree(folder / sub, ignore_errors=True)
+        return {"tasks": rob["tasks"], "train_seconds": round(seconds, 1), "steps": res.global_step}
+
+    return keyed_result(folder, wanted, make)
 
 
 def step_times(example: str, overrides: list[str], methods: list[str], rounds: int, steps: int,

@@ -112,6 +112,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def keyed_result(folder: Path, key: dict[str, Any], make) -> dict[str, Any]:
+    """``folder/result.json`` when a run finished there with this ``key`` (its config and whatever else decides its
+    scores), marked ``reused``; else ``make()``'s result, written there under the key."""
+    path = folder / "result.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("key") == key:
+            return {**old, "reused": True}
+    out = {"key": key, **make()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    return out
+
+
 def machine() -> str:
     """The ``machine:`` line's text: CPU, cores, torch, threads and the ``auto`` precision decision."""
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")

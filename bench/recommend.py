@@ -27,7 +27,6 @@ checkpoint beside it). The last line is ``ratio: <polytask multitask NDCG@10 / t
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, parser, setup_threads  # noqa: E402
+from common import ROOT, keyed_result, machine, parser, setup_threads  # noqa: E402
 
 RECIPE = ROOT / "examples" / "recipes" / "movies" / "config.yaml"
 BASELINES = ("popularity", "als", "svd")
@@ -166,31 +165,27 @@ def polytask_run(cf, method: str, seed: int, folder: Path, overrides: list[str],
         cfg.train.early_stopping.metric = f"{RETRIEVAL_TASK}.ndcg@10"
         cfg.validate()
     wanted = {"config": cfg.to_dict(), "users": len(rows), "version": RESULT_VERSION}
-    path = folder / "result.json"
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("key") == wanted:
-            return {**old, "reused": True}
-    start = time.perf_counter()
-    result = train(cfg, overwrite=True)
-    seconds = time.perf_counter() - start
-    predictor = Predictor(result.best_dir)
-    records = [{"user_text": r["user_text"], "item_text": r["item_text"], "seen": r["seen"]} for r in rows]
-    tasks = [t for t in (RETRIEVAL_TASK, RATING_TASK) if t in predictor.tasks]
-    task = predictor.tasks[RETRIEVAL_TASK]
-    old_k, task.cfg.top_k = task.cfg.top_k, DEEP
-    preds = predictor.predict(records, tasks=tasks, batch_size=64)
-    task.cfg.top_k = old_k
-    rankings = [[d["id"] for d in p[RETRIEVAL_TASK]["documents"]] for p in preds]
-    out = {**scores(cf, rankings, rows, counts), "train_seconds": round(seconds, 1), "steps": result.global_step}
-    if RATING_TASK in tasks:
-        # ratings live on 1-5: a prediction outside is clipped, as surprise clips SVD's
-        out["rmse"] = cf.rmse([min(5.0, max(1.0, p[RATING_TASK]["value"])) for p in preds], rows)
-    shutil.rmtree(folder / "last", ignore_errors=True)  # best/ stays (~90 MB): another metric needs no retraining
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": wanted, **out}, indent=2), encoding="utf-8")
-    return out
 
+    def make() -> dict[str, Any]:
+        start = time.perf_counter()
+        result = train(cfg, overwrite=True)
+        seconds = time.perf_counter() - start
+        predictor = Predictor(result.best_dir)
+        records = [{"user_text": r["user_text"], "item_text": r["item_text"], "seen": r["seen"]} for r in rows]
+        tasks = [t for t in (RETRIEVAL_TASK, RATING_TASK) if t in predictor.tasks]
+        task = predictor.tasks[RETRIEVAL_TASK]
+        old_k, task.cfg.top_k = task.cfg.top_k, DEEP
+        preds = predictor.predict(records, tasks=tasks, batch_size=64)
+        task.cfg.top_k = old_k
+        rankings = [[d["id"] for d in p[RETRIEVAL_TASK]["documents"]] for p in preds]
+        out = {**scores(cf, rankings, rows, counts), "train_seconds": round(seconds, 1), "steps": result.global_step}
+        if RATING_TASK in tasks:
+            # ratings live on 1-5: a prediction outside is clipped, as surprise clips SVD's
+            out["rmse"] = cf.rmse([min(5.0, max(1.0, p[RATING_TASK]["value"])) for p in preds], rows)
+        shutil.rmtree(folder / "last", ignore_errors=True)  # best/ stays (~90 MB): another metric needs no retraining
+        return out
+
+    return keyed_result(folder, wanted, make)
 
 if __name__ == "__main__":
     raise SystemExit(main())
