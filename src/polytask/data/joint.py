@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from polytask.config import Config
-from polytask.data.features import TaskData, pad_inputs, source_key
+from polytask.data.features import TaskData, collate_training, pad_inputs, source_key
 from polytask.tasks import TaskType
 from polytask.tasks.base import IGNORE_INDEX
 
@@ -132,9 +132,9 @@ def collate_source(source: Source, rows: list[int], data: dict[str, TaskData], t
         feats.append(data[t].features[split][source.index[t][r]])
     first = tasks[source.tasks[0]]
     if first.expands_rows:  # one task alone, whose loss reads every row it lays out (retrieval)
-        batch = pad_inputs(first.encoder_rows(feats), pad_id)
-        labels = first.collate_labels([f["labels"] for f in feats], batch["input_ids"].shape[1])
-        batch["parts"] = {first.name: (torch.arange(batch["input_ids"].shape[0]), labels)}
+        batch = collate_training(feats, first, pad_id)
+        del batch["task"]
+        batch["parts"] = {first.name: (torch.arange(batch["input_ids"].shape[0]), batch.pop("labels"))}
         batch["index"] = {first.name: [source.index[first.name][r] for r in rows]}
         batch["split"] = split
         return batch

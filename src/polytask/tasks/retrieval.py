@@ -98,7 +98,7 @@ class Retrieval(TaskType):
     def __init__(self, name, cfg, labels=None):
         super().__init__(name, cfg, labels)
         self.corpus: Corpus | None = None
-        self.index: torch.Tensor | None = None  # corpus embeddings [C, D] of the current evaluation
+        self.index: torch.Tensor | None = None  # unit-length corpus embeddings [C, D] of the current evaluation
         self.log_frequency: dict[str, float] = {}  # logQ correction: document -> log of its share of positives
         self.saved_corpus: Path | None = None  # the corpus a loaded checkpoint keeps
 
@@ -262,7 +262,7 @@ class Retrieval(TaskType):
         if self.corpus is None:
             raise UserError(f"retrieval task '{self.name}': its corpus was not loaded")
         if self.index is None or refresh:
-            self.index = embed(self.corpus.features)  # [C, D]
+            self.index = F.normalize(embed(self.corpus.features).float(), dim=-1)  # [C, D], unit rows: once
 
     # -- features -----------------------------------------------------------------------------------------
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict[str, Any]]:
@@ -359,10 +359,7 @@ class Retrieval(TaskType):
         ``ranking``, the ids of the best 10 when ``top_k`` is smaller (what the metrics read)."""
         if self.index is None or self.corpus is None:
             raise UserError(f"retrieval task '{self.name}': the corpus was not embedded before prediction")
-        index = self.index.to(logits.device)
-        scores = logits.float() @ index.float().T  # [B, C]
-        scale = logits.float().norm(dim=-1, keepdim=True) * index.float().norm(dim=-1).clamp(min=1e-12)  # [B, C]
-        scores = scores / scale  # cosine similarity
+        scores = F.normalize(logits.float(), dim=-1) @ self.index.to(logits.device).T  # [B, C] cosine similarity
         for i, ids in enumerate(batch.get("exclude") or []):
             rows = [self.corpus.position[d] for d in ids if d in self.corpus.position]
             if rows:
