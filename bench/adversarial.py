@@ -31,12 +31,21 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from common import add_budget_args, budget, example_config, keyed_result, machine, parser, ratio_line, setup_threads
+from common import (
+    add_budget_args,
+    budget,
+    example_config,
+    keyed_result,
+    machine,
+    parser,
+    ratio_line,
+    scratch_dir,
+    setup_threads,
+)
 
 AUGMENT = ("augment", "augment-consistency")
 
@@ -204,7 +213,7 @@ def step_times(example: str, overrides: list[str], methods: list[str], rounds: i
     from polytask.train.loop import train_step
     from polytask.train.setup import build_run
 
-    config = example_config(example, overrides, Path(tempfile.mkdtemp(prefix="bench-adv-")) / "run")
+    config = example_config(example, overrides, scratch_dir("bench-adv-") / "run")
     run = build_run(config)
     acc = Accelerator(cpu=True, mixed_precision=runtime_precision(config.train.precision, "cpu").replace("fp32", "no"))
     model, optimizer = acc.prepare(run.model, run.optimizer)

@@ -20,11 +20,9 @@ at most 1.2x the separate sum, i.e. a ratio of at least 0.83).
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from common import example_config, machine, parser, ratio_line, setup_threads
+from common import example_config, machine, parser, ratio_line, scratch_dir, setup_threads
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
     if args.quick:
         overrides += ["model.max_length=32", "train.batch_size=4"] + [
             f"tasks.{t}.max_train_samples=16" for t in ("intent", "topic", "sentiment")]
-    config = example_config("english3", overrides, Path(tempfile.mkdtemp(prefix="bench-all-tasks-")) / "run")
+    config = example_config("english3", overrides, scratch_dir("bench-all-tasks-") / "run")
     precision = runtime_precision(config.train.precision, "cpu")
     print(f"machine: {machine()}")
     print(f"examples/english3.yaml, sampling all_tasks, batch {config.train.batch_size}, "

@@ -30,6 +30,18 @@ from polytask.evaluate.runner import autocast_context, evaluate_split  # noqa: E
 from polytask.tasks.base import IGNORE_INDEX  # noqa: E402
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary folder that is removed when the script exits (a quick run's checkpoints are a few
+    hundred MB each, and nothing reads them afterwards)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true",
@@ -64,12 +76,11 @@ def budget(args: argparse.Namespace, example: str, name: str, extra: list[str]) 
     / ``--eval-samples`` examples of each task, ``--epochs``, ``extra`` and ``--set`` overrides. A quick run
     gets a fresh folder (it never reuses an earlier one), 16 examples per task, 32-token inputs, batch 8 and
     one epoch."""
-    import tempfile
 
     if args.output:
         out = Path(args.output)
     elif args.quick:
-        out = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        out = scratch_dir(f"{name}-")
     else:
         out = ROOT / "runs" / name / example
     args.train_samples = args.train_samples or (16 if args.quick else 1024)
@@ -313,9 +324,8 @@ def add_seed_args(p: argparse.ArgumentParser, name: str) -> None:
 def seed_runs(args: argparse.Namespace, name: str) -> tuple[Path, list[int], list[str]]:
     """Runs folder, seeds (from the example's ``train.seed`` on) and overrides of a seeds x example benchmark.
     A quick run gets a fresh folder, 32 training / 16 evaluation examples per task, 32 tokens and one epoch."""
-    import tempfile
 
-    out = Path(args.output) if args.output else (Path(tempfile.mkdtemp(prefix=f"{name}-")) if args.quick
+    out = Path(args.output) if args.output else (scratch_dir(f"{name}-") if args.quick
                                                  else ROOT / "runs" / name / args.example)
     overrides = list(args.overrides)
     if args.quick:

@@ -50,10 +50,9 @@ import argparse
 import json
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from common import ROOT, machine, ratio_line
+from common import ROOT, machine, ratio_line, scratch_dir
 
 # Dense bf16 peak, TFLOP/s (no sparsity), matched in order against torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
@@ -199,7 +198,7 @@ def main() -> None:
         print("CHECK FAILED: precision auto did not pick bf16 on this GPU; the MFU below is against the bf16 peak")
 
     args.batch_sizes = args.batch_sizes or "32,256"
-    work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    work = scratch_dir("bench-gpu-")
     encoder = build_encoder(work / "encoder", tiny=args.dry_run)
     print(f"encoder: {'tiny BERT (dry run)' if args.dry_run else 'BERT-base shape'}, random init; ATIS intent + "
           f"slots; {args.steps} steps per run, the first {args.warmup} untimed")

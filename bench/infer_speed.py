@@ -21,11 +21,10 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
+from common import example_config, machine, parser, ratio_line, scratch_dir, setup_threads, tiny_overrides
 
 
 def build_checkpoints(folder: Path, precision: str | None, quick: bool) -> tuple[Path, dict[str, Path]]:
@@ -96,7 +95,7 @@ def main() -> None:
         child(args.child[0], Path(args.child[1]), n, args.batch_size, args.threads)
         return
     repeats = args.repeats or (1 if args.quick else 3)
-    folder = Path(tempfile.mkdtemp(prefix="bench-infer-"))
+    folder = scratch_dir("bench-infer-")
     multi_dir, singles = build_checkpoints(folder, args.precision, args.quick)
     (folder / "tasks.json").write_text(json.dumps(list(singles)))
     import polytask

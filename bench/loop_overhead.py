@@ -19,10 +19,9 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from common import bare_train, example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
+from common import bare_train, example_config, machine, parser, ratio_line, scratch_dir, setup_threads, tiny_overrides
 
 
 def polytask_window(config, first: int) -> float:
@@ -62,7 +61,7 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 2)
     if steps % first or steps <= first:
         raise SystemExit(f"--steps must be a multiple of {first} above {first}")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    tmp = scratch_dir("bench-loop-")
     overrides = [f"train.max_steps={steps}", f"train.logging_steps={first}"]
     if args.quick:  # 16 batches of 8 per epoch: the 8 steps stay inside the first epoch
         overrides += tiny_overrides(example_config("atis", [], tmp / "unused"), train=128)

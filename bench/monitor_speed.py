@@ -15,11 +15,9 @@ report and plot, written once at the end, are not in it. Prints ``ratio: <monito
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from pathlib import Path
 
-from common import ROOT, machine, parser, ratio_line, setup_threads
+from common import ROOT, machine, parser, ratio_line, scratch_dir, setup_threads
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
     from polytask.recipes.monitor import monitor
     from polytask.train.setup import build_run
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
+    folder = scratch_dir("bench-monitor-")
     overrides = [f"train.output_dir={folder / 'unused'}", "train.progress=false", "train.tensorboard=false"]
     if args.quick:
         overrides += ["model.max_length=32", "tasks.topic.max_train_samples=32", "tasks.sentiment.max_train_samples=32",

@@ -32,6 +32,7 @@ from common import (
     parser,
     precision_decision,
     ratio_line,
+    scratch_dir,
     setup_threads,
     test_metrics,
     tiny_overrides,
@@ -70,7 +71,7 @@ def main() -> None:
                                     *((32, 16) if native else (16, 8)))
     if args.epochs or args.quick:
         overrides.append(f"train.epochs={args.epochs or 1}")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-precision-"))
+    tmp = scratch_dir("bench-precision-")
     train_s, metrics, models = {}, {}, {}
     run = None
     for precision in ("fp32", "bf16"):

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, keyed_result, machine, parser, setup_threads  # noqa: E402
+from common import ROOT, keyed_result, machine, parser, scratch_dir, setup_threads  # noqa: E402
 
 RECIPE = ROOT / "examples" / "recipes" / "movies" / "config.yaml"
 BASELINES = ("popularity", "als", "svd")
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                      "tasks.genres.max_train_samples=24", "tasks.genres.max_eval_samples=8",
                      f"tasks.{RETRIEVAL_TASK}.max_eval_samples=16", f"tasks.{RATING_TASK}.max_eval_samples=16",
                      *overrides]
-    out = Path(args.output) if args.output else (Path(tempfile.mkdtemp(prefix="bench-recommend-")) if args.quick
+    out = Path(args.output) if args.output else (scratch_dir("bench-recommend-") if args.quick
                                                  else ROOT / "runs" / "bench-recommend")
     print(f"machine: {machine()}")
     data = cf.load_split("test")

@@ -28,11 +28,10 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
+from common import ROOT, example_config, machine, parser, ratio_line, scratch_dir, setup_threads, tiny_overrides
 
 
 def free_port() -> int:
@@ -277,7 +276,7 @@ def main() -> None:
     setup_threads(args.threads)
     args.requests = args.requests or (64 if args.quick else 1000)
     args.concurrency = args.concurrency or (8 if args.quick else 32)
-    out = Path(args.output or (tempfile.mkdtemp(prefix="bench-serve-") if args.quick else "runs/bench-serve"))
+    out = Path(args.output or (scratch_dir("bench-serve-") if args.quick else "runs/bench-serve"))
     out.mkdir(parents=True, exist_ok=True)
     cores = args.threads or os.cpu_count() or 1
     print(f"machine: {machine()}")

@@ -16,9 +16,7 @@ metrics after the same epochs, and
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 from common import (
     bare_train,
@@ -28,6 +26,7 @@ from common import (
     parser,
     random_batches,
     ratio_line,
+    scratch_dir,
     setup_threads,
     test_metrics,
     tiny_overrides,
@@ -50,7 +49,7 @@ def main() -> None:
 
     epochs = args.epochs or (1 if args.quick else 2)
     overrides = [f"train.epochs={epochs}", "train.early_stopping.patience=null"]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-train-speed-"))
+    tmp = scratch_dir("bench-train-speed-")
     if args.quick:  # a few steps on a few dozen examples per task
         overrides += tiny_overrides(example_config(args.config, [], tmp / "unused"), train=16)
     config = example_config(args.config, overrides, tmp / "polytask")

@@ -15,11 +15,9 @@ method's median seconds per step over the rounds is compared with static weighti
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from common import example_config, machine, parser, ratio_line, setup_threads, tiny_overrides
+from common import example_config, machine, parser, ratio_line, scratch_dir, setup_threads, tiny_overrides
 
 
 def main() -> None:
@@ -40,7 +38,7 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 6)
     steps = args.steps or (1 if args.quick else 5)
     overrides = ["train.sampling=all_tasks"]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-weighting-"))
+    tmp = scratch_dir("bench-weighting-")
     if args.quick:  # a few dozen examples per task, 32 tokens, batch 8
         overrides += tiny_overrides(example_config(example, [], tmp / "unused"))
     config = example_config(example, overrides, tmp / "run")
