@@ -179,6 +179,9 @@ class TaskConfig:
     top_k: int = 10
     relevance: str | None = None  # retrieval: a column of graded relevance (a number; <= 0: not a positive)
     logq_correction: bool = False  # retrieval: correct in-batch negatives for documents that are often positives
+    # regression: the head learns the targets standardised by the training split's mean and standard deviation
+    # (stored in the checkpoint; predictions come back in the label's unit) and the loss is the MSE in those units
+    standardize: bool = True
 
 
 RETRIEVAL_KEYS = ("query", "document", "document_pair", "corpus", "document_id", "negative", "exclude",
@@ -621,6 +624,9 @@ class Config:
                 if v is not None and v < 1:
                     _bad(f"{p}.{k}", v, "null or an integer >= 1")
             self._validate_retrieval(name, t)
+            if t.type != "regression" and t.standardize is not True:
+                raise UserError(f"config key '{p}.standardize' is only for regression tasks (this one is {t.type}); "
+                                "remove it")
         tr = self.train
         positive = {"epochs": tr.epochs, "batch_size": tr.batch_size, "eval_batch_size": tr.eval_batch_size,
                     "grad_accum": tr.grad_accum, "logging_steps": tr.logging_steps}

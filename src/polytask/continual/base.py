@@ -35,7 +35,9 @@ def start_from_base(model: nn.Module, base: nn.Module, base_tasks: dict[str, Any
         if not isinstance(head, nn.Sequential):  # a head whose shape has nothing to do with labels (retrieval)
             head.load_state_dict(base.heads[name].state_dict())
             continue
-        old_linear, new_linear = base.heads[name][-1], head[-1]  # Sequential(Dropout, Linear)
+        # Sequential(Dropout, Linear[, a regression head's Rescale]): the linear layer's rows are the labels
+        old_linear, new_linear = (next(m for m in reversed(h) if isinstance(m, nn.Linear))
+                                  for h in (base.heads[name], head))
         c = old_linear.out_features
         if base_tasks[name].labels != tasks[name].labels[:c]:
             raise UserError(f"task '{name}': the labels do not extend the base checkpoint's (internal error)")

@@ -97,6 +97,10 @@ class TaskType:
         its old label ids and appends labels it has not seen (its head grows)."""
         self.set_labels(list(first) + [label for label in self.labels if label not in set(first)])
 
+    def inherit_fit(self, base: TaskType) -> None:
+        """Take over what ``fit_labels`` fitted beyond the labels from ``base``, the same task of a checkpoint this
+        run trains on from (regression: the unit of its head); most types fit nothing else."""
+
     def raw_labels(self, label: Any) -> list[str]:
         """The label strings one example carries (for vocabulary building)."""
         return [label]

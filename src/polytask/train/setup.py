@@ -85,6 +85,9 @@ def build_run(config: Config, world_size: int = 1, rank: int = 0) -> Run:
     data = prepare_task_data(tasks, tokenizer, config.model.max_length, splits=("train", "validation"),
                              extra_labels=teachers.labels() if teachers is not None else None,
                              label_order={t: b.labels for t, b in base[0].items() if t in tasks} if base else None)
+    for name, b in (base[0] if base else {}).items():  # an old task keeps what its head was trained in
+        if name in tasks:
+            tasks[name].inherit_fit(b)
     for name, t in config.tasks.items():  # test data is read by `evaluate`; a wrong path should fail now
         if t.test:
             require_file(t.test, key=f"tasks.{name}.test")
