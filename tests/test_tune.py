@@ -45,13 +45,21 @@ def test_bad_search_space_names_the_key(toy_config, build_config, space, message
 
 def test_bad_objectives_and_combinations(toy_config, build_config):
     space = {"train.lr": {"log_uniform": [1e-4, 1e-2]}}
-    with pytest.raises(UserError, match=r"tune.objective' has bad value 'intent'; allowed: mean, loss, pareto, a task "
-                                        r"\(classification, token\)"):
+    with pytest.raises(UserError, match=r"tune.objective' has bad value 'intent'; allowed: mean, loss, pareto, noisy, "
+                                        r"robust, a task \(classification, token\)"):
         build_config(with_tune(toy_config(), space=space, objective="intent"))
     with pytest.raises(UserError, match=r"for a token_classification task: .*f1"):
         build_config(with_tune(toy_config(), space=space, objective="token.recall@5"))
     with pytest.raises(NotSupportedError, match=r"tune.pruner: median with tune.objective: pareto"):
         build_config(with_tune(toy_config(), space=space, objective="pareto", pruner="median"))
+    with pytest.raises(NotSupportedError, match=r"tune.pruner: halving with tune.objective: robust"):
+        build_config(with_tune(toy_config(), space=space, objective="robust", pruner="halving"))
+    with pytest.raises(UserError, match=r"tune.robustness.noises' has unknown noise 'typo'; choose from typo_swap"):
+        build_config(with_tune(toy_config(), space=space, objective="noisy", robustness={"noises": ["typo"]}))
+    with pytest.raises(UserError, match=r"tune.robustness.rate' has bad value 0"):
+        build_config(with_tune(toy_config(), space=space, objective="noisy", robustness={"rate": 0}))
+    with pytest.raises(UserError, match=r"tune.robustness' is set but tune.objective is 'mean'"):
+        build_config(with_tune(toy_config(), space=space, robustness={"rate": 0.2}))
     with pytest.raises(UserError, match=r"unknown config key 'tune.spaces'"):
         build_config(with_tune(toy_config(), spaces=space))
     cfg = build_config(with_tune(toy_config(), space=space, objective="token"))
@@ -183,3 +191,48 @@ def test_an_objective_needs_validation_data(tmp_path, toy_config):
     with pytest.raises(UserError, match=r"tasks.token.validation' is missing: tune.objective reads task 'token'"):
         polytask.tune(cfg, trials=1, study_dir=tmp_path / "s", progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def noisy_mean(checkpoint, noises, rate, seed) -> tuple[float, float]:
+    """The clean and noisy validation means of a checkpoint, computed here from polytask robustness itself."""
+    from polytask.robustness.runner import robustness
+
+    tasks = robustness(polytask.load(checkpoint), split="validation", noises=noises, rate=rate, seed=seed,
+                       progress=False)["tasks"].values()
+    return (sum(e["clean"] for e in tasks) / len(tasks), sum(e["noisy"] for e in tasks) / len(tasks))
+
+
+def test_noisy_objective_scores_each_trials_best_checkpoint_under_noise(tmp_path, toy_config):
+    noise = {"noises": ["typo_swap", "casing"], "rate": 0.3, "seed": 3}
+    path, _ = toy_tune_yaml(tmp_path, toy_config, objective="noisy", pruner="none", sampler="random",
+                            robustness=noise, space={"train.lr": {"choice": [3e-3, 1e-4]}})
+    study_dir = tmp_path / "noisy-study"
+    result = polytask.tune(polytask.load_config(path), trials=2, study_dir=study_dir, progress=False)
+    study = result.study
+    assert [d.name for d in study.directions] == ["MAXIMIZE"]
+    for t in study.trials:
+        assert t.state.name == "COMPLETE"
+        folder = study_dir / f"trial-{t.number:03d}"
+        assert (folder / "best").is_dir() and not (folder / "last").exists()  # a finished trial keeps best/ only
+        clean, noisy = noisy_mean(folder / "best", noise["noises"], noise["rate"], noise["seed"])
+        assert t.value == pytest.approx(noisy, abs=1e-9)
+        assert t.user_attrs["robustness"] == pytest.approx({"clean": clean, "noisy": noisy, "drop": clean - noisy})
+        # the best checkpoint was kept by the clean validation mean, as early stopping does by default
+        assert t.user_attrs["validation"]["mean"] == pytest.approx(clean, abs=1e-6)
+    # another noise seed draws other typos: the objective depends on tune.robustness, not only on the model
+    folder = study_dir / f"trial-{study.best_trial.number:03d}" / "best"
+    assert {noisy_mean(folder, noise["noises"], 0.3, s)[1] for s in (3, 4, 5)} != {study.best_value}
+    report = (study_dir / "tune.md").read_text()
+    assert "| trial | state | noisy | clean | drop |" in report
+
+
+def test_robust_objective_is_a_pareto_front_of_clean_and_noisy(tmp_path, toy_config):
+    path, _ = toy_tune_yaml(tmp_path, toy_config, objective="robust", robustness={"noises": ["typo_drop"]},
+                            space={"train.lr": {"log_uniform": [1e-4, 1e-2]}})
+    study = polytask.tune(polytask.load_config(path), trials=2, study_dir=tmp_path / "robust-study",
+                          progress=False).study
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
+    for t in study.trials:
+        attrs = t.user_attrs
+        assert t.values == pytest.approx([attrs["validation"]["mean"], attrs["robustness"]["noisy"]])

@@ -548,13 +548,29 @@ class TrainConfig:
 
 
 @dataclass
+class TuneRobustnessConfig:
+    """``tune.robustness:`` — how the ``noisy`` and ``robust`` objectives score a trial: its best checkpoint on the
+    validation split under each noise of ``noises`` (empty: every noise of the suite that applies to the task) at
+    ``rate``, drawn with noise seed ``seed`` (not 0, the seed ``polytask robustness`` scores the test split with);
+    ``max_samples``: at most this many validation rows per task (null: all)."""
+
+    noises: list[str] = field(default_factory=list)
+    rate: float = 0.1
+    seed: int = 1
+    max_samples: int | None = None
+
+
+@dataclass
 class TuneConfig:
     """``tune:`` — what ``polytask tune`` searches (every other command ignores this section).
 
     ``space``: dotted config keys -> a distribution: ``{uniform: [lo, hi]}``, ``{log_uniform: [lo, hi]}``,
     ``{int: [lo, hi]}``, ``{log_int: [lo, hi]}`` or ``{choice: [a, b, ...]}``. ``objective``: ``mean`` (the
     validation mean of the main metrics), ``loss``, ``<task>`` (its main metric), ``<task>.<metric>``, or
-    ``pareto`` (every task's main metric: a multi-objective study, NSGA-II). ``sampler``: ``auto`` (TPE, NSGA-II
+    ``pareto`` (every task's main metric: a multi-objective study, NSGA-II), ``noisy`` (the validation mean of the
+    main metrics under the noise of ``robustness``: robustness training's own objective; pruned, if at all, on
+    the clean validation mean) or ``robust`` (two objectives, the clean and the noisy mean: a Pareto front of
+    clean accuracy against robustness). ``sampler``: ``auto`` (TPE, NSGA-II
     for pareto), ``tpe``, ``random``, ``nsga2``. ``pruner``: stops weak trials from their per-validation
     objective — ``auto`` (median; none for pareto, which Optuna cannot prune), ``median``, ``halving``
     (successive halving), ``none``; ``startup_trials``: trials that always finish before pruning starts.
@@ -566,6 +582,7 @@ class TuneConfig:
     pruner: Literal["auto", "median", "halving", "none"] = "auto"
     startup_trials: int = 3
     trials: int = 20
+    robustness: TuneRobustnessConfig = field(default_factory=TuneRobustnessConfig)
 
     @property
     def enabled(self) -> bool:

@@ -96,15 +96,20 @@ def write_report(study, config, names: list[str], directions: list[str], out: Pa
             lines.append(f"| {t.number} | " + " | ".join(f"{v:.4f}" for v in t.values) + " | "
                          + " | ".join(short(t.params.get(k)) for k in keys) + " |")
         lines += ["", "Each Pareto-optimal trial's config: `pareto/trial-NNN.yaml` (the best one is `best.yaml`).", ""]
-    lines += ["## Every trial", "", "| trial | state | " + " | ".join(names) + " | "
-              + " | ".join(f"`{k}`" for k in keys) + " | s |", "|" + "---|" * (3 + len(names) + len(keys))]
+    noisy = "noisy" in names  # the robustness objectives: each trial's clean mean and drop beside them
+    extra = ["clean", "drop"] if noisy else []
+    lines += ["## Every trial", "", "| trial | state | " + " | ".join(names + extra) + " | "
+              + " | ".join(f"`{k}`" for k in keys) + " | s |", "|" + "---|" * (3 + len(names + extra) + len(keys))]
     for t in trials:
         vals = t.values if t.values else [None] * len(names)
         if t.state == TrialState.PRUNED and t.intermediate_values:
             vals = [t.intermediate_values[max(t.intermediate_values)]]
+        vals = list(vals) + [t.user_attrs.get("robustness", {}).get(k) for k in extra]
         lines.append(f"| {t.number} | {t.state.name.lower()} | " + " | ".join(short(v) for v in vals) + " | "
                      + " | ".join(short(t.params.get(k)) for k in keys) + f" | {t.user_attrs.get('seconds', '')} |")
-    lines += ["", "(a pruned trial shows its objective at its last validation.)", ""]
+    lines += ["", "(a pruned trial shows its objective at its last validation" + (
+        ": the clean mean, which stands in for noisy while a trial trains; clean and drop are the validation "
+        "rows scored by tune.robustness" if noisy else "") + ".)", ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     report = out / "tune.md"

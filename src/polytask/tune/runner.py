@@ -13,6 +13,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,9 @@ class PruneOnValidation:
     validation's number) and ask the loop to stop when the pruner says so."""
 
     def __init__(self, trial, names: list[str]):
-        self.trial, self.names, self.evals, self.pruned = trial, names, 0, False
+        # `noisy` is measured once a trial has finished: while it trains, the clean mean stands in for it
+        self.names = ["mean" if n == "noisy" else n for n in names]
+        self.trial, self.evals, self.pruned = trial, 0, False
         self.main: dict[str, str] = {}
 
     def before_step(self, accelerator, model, run, window, step) -> None:
@@ -103,8 +106,6 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
                                 f"{now!r} here); --resume continues a study as it was started: restore it, or use "
                                 "--overwrite or another --study-dir")
     if overwrite and db.exists():
-        import shutil
-
         for p in out.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -152,13 +153,19 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
         trial.set_user_attr("steps", result.global_step)
         found = best_validation(run_dir, result.best_step)
-        trial.set_user_attr("validation", found)
         main = result.main_metrics or {}
         del result
         gc.collect()
+        shutil.rmtree(run_dir / "last", ignore_errors=True)  # a finished trial never resumes: best/ is what counts
         if hook is not None and hook.pruned:
+            trial.set_user_attr("validation", found)
             print(f"tune: trial {trial.number} pruned after validation {hook.evals}", flush=True)
             raise optuna.TrialPruned()
+        if "noisy" in names:
+            noisy = noisy_validation(run_dir / "best", config.tune.robustness)
+            trial.set_user_attr("robustness", noisy)
+            found["noisy"] = noisy["noisy"]
+        trial.set_user_attr("validation", found)
         got = read_objective(names, found, main)
         if any(v is None for v in got):
             raise UserError(f"trial {trial.number}: no validation figure for {names} (does every task have a "
@@ -175,11 +182,36 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
     return TuneResult(out, study, best_configs, report)
 
 
+def noisy_validation(checkpoint: Path, rc) -> dict[str, float]:
+    """A trial's best checkpoint on the validation split, clean and under the noise of ``tune.robustness``:
+    ``clean`` and ``noisy`` (the means over tasks of the main metric, a lower-is-better one negated, as
+    ``mean``) and ``drop`` (clean - noisy)."""
+    from polytask.predict import Predictor
+    from polytask.robustness.runner import robustness
+
+    predictor = Predictor(checkpoint)
+    result = robustness(predictor, split="validation", noises=list(rc.noises) or None, rate=rc.rate, seed=rc.seed,
+                        max_samples=rc.max_samples, progress=False)
+    del predictor
+    gc.collect()
+    entries = [e for e in result["tasks"].values() if e["noises"]]  # tasks that some noise applies to
+    if not entries:
+        raise UserError(f"{checkpoint}: none of the noises {', '.join(rc.noises) or '(all)'} applies to a task with "
+                        "a validation split; tune.objective noisy / robust has nothing to measure")
+
+    def mean(key: str) -> float:
+        return sum(e[key] * (1 if e["higher_is_better"] else -1) for e in entries) / len(entries)
+
+    clean, noisy = mean("clean"), mean("noisy")
+    return {"clean": clean, "noisy": noisy, "drop": clean - noisy}
+
+
 def fixed_values(config, names: list[str]) -> dict[str, Any]:
     """What every trial sets besides its sampled values: a single objective other than a task's main metric
     (mean, loss, <task>.<metric>) is also what early stopping keeps ``best/`` by, so that the objective is read
-    from the best checkpoint by that very figure."""
-    if len(names) == 1 and names[0] not in config.tasks and names[0] != config.train.early_stopping.metric:
+    from the best checkpoint by that very figure. (``noisy`` is measured on the checkpoint kept by the clean
+    figure of early stopping.)"""
+    if len(names) == 1 and names[0] not in (*config.tasks, "noisy") and names[0] != config.train.early_stopping.metric:
         return {"train.early_stopping.metric": names[0]}
     return {}
 
@@ -250,7 +282,7 @@ def requeue_interrupted(study) -> list[int]:
 def make_sampler(tc, seed: int):
     import optuna
 
-    kind = tc.sampler if tc.sampler != "auto" else ("nsga2" if tc.objective == "pareto" else "tpe")
+    kind = tc.sampler if tc.sampler != "auto" else ("nsga2" if tc.objective in ("pareto", "robust") else "tpe")
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
@@ -261,7 +293,7 @@ def make_sampler(tc, seed: int):
 def make_pruner(tc):
     import optuna
 
-    kind = tc.pruner if tc.pruner != "auto" else ("none" if tc.objective == "pareto" else "median")
+    kind = tc.pruner if tc.pruner != "auto" else ("none" if tc.objective in ("pareto", "robust") else "median")
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=0)
     if kind == "halving":

@@ -133,11 +133,16 @@ def objective_keys(config) -> tuple[list[str], list[str]]:
     obj = config.tune.objective
     if obj == "pareto":
         return list(config.tasks), [direction(task_metric(t)) for t in config.tasks]
+    if obj == "noisy":  # the validation mean under noise (higher is better, as `mean`)
+        return ["noisy"], ["maximize"]
+    if obj == "robust":  # clean against noisy: a Pareto front
+        return ["mean", "noisy"], ["maximize", "maximize"]
     if obj in ("mean", "loss"):
         return [obj], [direction(obj)]
     task, _, metric = obj.partition(".")
     if task not in config.tasks:
-        raise UserError(f"config key 'tune.objective' has bad value {obj!r}; allowed: mean, loss, pareto, a task "
+        raise UserError(f"config key 'tune.objective' has bad value {obj!r}; allowed: mean, loss, pareto, noisy, "
+                        "robust, a task "
                         f"({', '.join(config.tasks)}) or <task>.<metric>")
     if metric:
         ttype = TASK_TYPES.get(config.tasks[task].type)
@@ -159,13 +164,13 @@ def check_tune(config) -> None:
     if tc.startup_trials < 0:
         raise UserError(f"config key 'tune.startup_trials' has bad value {tc.startup_trials!r}; allowed: an "
                         "integer >= 0")
-    objective_keys(config)
-    if tc.objective == "pareto":
-        if len(config.tasks) < 2:
-            raise UserError("config key 'tune.objective' is pareto with one task; use mean or the task's name")
-        if tc.pruner in ("median", "halving"):
-            raise NotSupportedError(f"tune.pruner: {tc.pruner} with tune.objective: pareto is not supported (Optuna "
-                                    "cannot prune a multi-objective study); use pruner: none or auto")
+    names, _ = objective_keys(config)
+    if tc.objective == "pareto" and len(config.tasks) < 2:
+        raise UserError("config key 'tune.objective' is pareto with one task; use mean or the task's name")
+    if len(names) > 1 and tc.pruner in ("median", "halving"):
+        raise NotSupportedError(f"tune.pruner: {tc.pruner} with tune.objective: {tc.objective} is not supported "
+                                "(Optuna cannot prune a multi-objective study); use pruner: none or auto")
+    check_robustness(config)
     params = parse_space(tc.space)
     for p in params:
         if p.key.startswith("tune.") or p.key == "tune":
@@ -180,6 +185,25 @@ def check_tune(config) -> None:
         for v in p.values():
             _check(config, {p.key: v}, f"tune.space.{p.key}")
     _check(config, {p.key: p.values()[0] for p in params}, "tune.space")
+
+
+def check_robustness(config) -> None:
+    """``tune.robustness``: known noises, a rate in (0, 1]; only with the objectives that read it."""
+    from polytask.robustness.noise import NOISES
+
+    rc, default = config.tune.robustness, type(config.tune.robustness)()
+    if rc != default and config.tune.objective not in ("noisy", "robust"):
+        raise UserError(f"config key 'tune.robustness' is set but tune.objective is {config.tune.objective!r}; it "
+                        "only serves the objectives noisy and robust")
+    unknown = [n for n in rc.noises if n not in NOISES]
+    if unknown:
+        raise UserError(f"config key 'tune.robustness.noises' has unknown noise {unknown[0]!r}; choose from "
+                        + ", ".join(NOISES))
+    if not 0.0 < rc.rate <= 1.0:
+        raise UserError(f"config key 'tune.robustness.rate' has bad value {rc.rate!r}; allowed: a number in (0, 1]")
+    if rc.max_samples is not None and rc.max_samples < 1:
+        raise UserError(f"config key 'tune.robustness.max_samples' has bad value {rc.max_samples!r}; allowed: null "
+                        "or an integer >= 1")
 
 
 def _check(config, values: dict[str, Any], where: str) -> None:
