@@ -9,7 +9,8 @@ import pytest
 from polytask.config import Config, ModelConfig, TaskConfig, TrainConfig, load_config
 from polytask.errors import UserError
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml")) + sorted(
+    (Path(__file__).parent.parent / "examples" / "tune").glob("*.yaml"))
 
 
 def test_there_are_examples():

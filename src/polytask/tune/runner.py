@@ -170,7 +170,10 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
         if any(v is None for v in got):
             raise UserError(f"trial {trial.number}: no validation figure for {names} (does every task have a "
                             "validation split?)")
-        print(f"tune: trial {trial.number}: " + "  ".join(f"{n}={v:.4f}" for n, v in zip(names, got)), flush=True)
+        shown = "  ".join(f"{n}={v:.4f}" for n, v in zip(names, got))
+        if "noisy" in names:
+            shown += f"  (clean {noisy['clean']:.4f}, drop {noisy['drop']:.4f})"
+        print(f"tune: trial {trial.number}: {shown}", flush=True)
         return got[0] if len(got) == 1 else got
 
     if remaining:
