@@ -31,14 +31,22 @@ from polytask.tasks.base import IGNORE_INDEX  # noqa: E402
 
 
 def scratch_dir(prefix: str) -> Path:
-    """A fresh temporary folder that is removed when the script exits (a quick run's checkpoints are a few
-    hundred MB each, and nothing reads them afterwards)."""
+    """A fresh temporary folder that is removed when the script ends well (a quick run's checkpoints are a few
+    hundred MB each, and nothing reads them afterwards); after an uncaught exception it is kept, and said so, for
+    the logs in it."""
     import atexit
     import shutil
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+    def clean() -> None:
+        if getattr(sys, "last_value", None) is not None:  # set when an uncaught exception was printed
+            print(f"kept {folder} (the script failed)", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(clean)
     return folder
 
 

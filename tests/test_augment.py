@@ -184,7 +184,7 @@ def test_regression_and_multilabel_copies_take_the_consistency_term(toy_config, 
         got = run.augment.objective(base, logits, batch)[source]
         clean, noisy = (logits[source][p] for p in batch["pairs"][source])
         if source == "regression":  # text and text_pair both perturbed; squared error between the outputs
-            want = 0.5 * F.mse_loss(clean.float(), noisy.float())
+            want = 0.5 * F.mse_loss(clean.float(), noisy.float()) / run.tasks["regression"].target_std ** 2
         else:  # per-label Bernoulli symmetric KL, summed over labels, mean over examples
             p, q = torch.sigmoid(clean.float()), torch.sigmoid(noisy.float())
             kl = (p - q) * (torch.log(p / q) - torch.log((1 - p) / (1 - q)))  # KL(p||q) + KL(q||p), per label

@@ -22,6 +22,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def scratch_in_tmp_path(tmp_path, monkeypatch):
+    """A script's temporary folders go under the test's tmp_path (TMPDIR), which pytest removes once the test
+    has passed: a script killed by the time limit cannot clean up after itself."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), *args], capture_output=True,
                           text=True, timeout=600, cwd=ROOT)

@@ -107,3 +107,54 @@ def test_standardize_is_a_regression_key(build_config):
     data["tasks"]["t"] = {"type": "regression", "train": "a.jsonl", "standardize": "yes"}
     with pytest.raises(UserError, match=r"tasks\.t\.standardize"):
         build_config(data)
+
+
+def strip_standardisation(folder):
+    """Make a checkpoint look as one written before `standardize` existed: no key in the config, no unit in the
+    task spec."""
+    meta_path = folder / "polytask.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["tasks"]["score"].pop("standardize")
+    for k in ("target_mean", "target_std"):
+        meta["tasks"]["score"].pop(k)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_a_run_from_before_standardisation_loads_and_resumes_in_raw_units(tmp_path, tiny_encoder):
+    files = {split: str(write_jsonl(tmp_path / f"{split}.jsonl", toy_rows("regression", n, seed)))
+             for split, n, seed in (("train", 32, 0), ("validation", 8, 1))}
+    data = {"model": {"encoder": str(tiny_encoder), "max_length": 32},
+            "tasks": {"score": {**TASK_SPECS["regression"], **files, "standardize": False}},
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 8, "lr": 1e-3,
+                      "tensorboard": False, "progress": False, "precision": "fp32"}}
+    run = polytask.train(polytask.load_config(data=data)).output_dir
+    rows = [{"text": "fly to paris", "text2": "paris"}]
+    before = polytask.load(run / "best").predict(rows)
+    for sub in ("best", "last"):
+        strip_standardisation(run / sub)
+    loaded = polytask.load(run / "best")
+    assert (loaded.tasks["score"].target_mean, loaded.tasks["score"].target_std) == (0.0, 1.0)
+    assert not loaded.config.tasks["score"].standardize and loaded.predict(rows) == before
+    # resuming under today's default (standardised) would put a unit under weights trained without one: refused
+    data["tasks"]["score"].pop("standardize")
+    data["train"]["epochs"] = 2
+    with pytest.raises(UserError, match=r"cannot resume: config section 'tasks' differs .*at tasks.score"):
+        polytask.train(polytask.load_config(data=data), resume=True)
+    data["tasks"]["score"]["standardize"] = False  # the run's own setting: it resumes
+    assert polytask.train(polytask.load_config(data=data), resume=True).global_step >= 4
+
+
+def test_resume_after_the_training_file_changed_is_refused(tmp_path, tiny_encoder):
+    rows = toy_rows("regression", 32, 0)
+    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
+    data = {"model": {"encoder": str(tiny_encoder), "max_length": 32},
+            "tasks": {"score": {**TASK_SPECS["regression"], "train": str(train_file),
+                                "validation": str(write_jsonl(tmp_path / "val.jsonl", toy_rows("regression", 8, 1)))}},
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 8, "lr": 1e-3,
+                      "tensorboard": False, "progress": False, "precision": "fp32"}}
+    polytask.train(polytask.load_config(data=data))
+    write_jsonl(train_file, [{**r, "score": r["score"] * 3} for r in rows])  # same rows, other targets
+    data["train"]["epochs"] = 2
+    with pytest.raises(UserError, match=r"cannot resume: task 'score' fitted other target_mean, target_std on its "
+                                        r"training data"):
+        polytask.train(polytask.load_config(data=data), resume=True)

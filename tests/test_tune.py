@@ -234,5 +234,27 @@ def test_robust_objective_is_a_pareto_front_of_clean_and_noisy(tmp_path, toy_con
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
     assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
     for t in study.trials:
-        attrs = t.user_attrs
-        assert t.values == pytest.approx([attrs["validation"]["mean"], attrs["robustness"]["noisy"]])
+        noisy = t.user_attrs["robustness"]
+        assert t.values == pytest.approx([noisy["clean"], noisy["noisy"]])
+    report = (tmp_path / "robust-study" / "tune.md").read_text()
+    assert "| trial | state | clean | noisy | drop |" in report
+
+
+def test_robustness_settings_are_checked_before_training_and_on_resume(tmp_path, toy_config, build_config):
+    space = {"train.lr": {"choice": [3e-3]}}
+    # Chinese noises on English text: refused before the first trial, nothing trained
+    path, _ = toy_tune_yaml(tmp_path, toy_config, objective="noisy", robustness={"noises": ["char_swap"]}, space=space)
+    with pytest.raises(UserError, match=r"tune.robustness.noises': none of char_swap applies"):
+        polytask.tune(polytask.load_config(path), trials=1, study_dir=tmp_path / "none-applies", progress=False)
+    assert not list((tmp_path / "none-applies").glob("trial-*"))
+    # a study scored under one noise is not continued under another
+    path, data = toy_tune_yaml(tmp_path, toy_config, objective="noisy", robustness={"noises": ["typo_drop"]},
+                               space=space)
+    polytask.tune(polytask.load_config(path), trials=1, study_dir=tmp_path / "s", progress=False)
+    data["tune"]["robustness"]["rate"] = 0.3
+    with pytest.raises(UserError, match=r"tune.robustness' differs from the study"):
+        polytask.tune(build_config(data), trials=2, study_dir=tmp_path / "s", resume=True, progress=False)
+    # objective names are not task names
+    with pytest.raises(UserError, match=r"config key 'tasks.noisy' has bad value 'noisy'; allowed: a task name other "
+                                        r"than mean, loss, pareto, noisy, robust"):
+        build_config({**data, "tasks": {"noisy": data["tasks"]["classification"]}})

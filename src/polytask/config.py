@@ -184,6 +184,8 @@ class TaskConfig:
     standardize: bool = True
 
 
+RESERVED_TASK_NAMES = ("mean", "loss", "pareto", "noisy", "robust", "clean")
+
 RETRIEVAL_KEYS = ("query", "document", "document_pair", "corpus", "document_id", "negative", "exclude",
                   "temperature", "embedding_dim", "top_k", "relevance", "logq_correction")
 
@@ -620,6 +622,8 @@ class Config:
             p = f"tasks.{name}"
             if not re.match(r"^[^\W\d][\w\-]*$", name):  # \w is Unicode: 情感 is a fine task name
                 _bad(p, name, "a task name of letters (any script), digits, '_' or '-', not starting with a digit")
+            if name in RESERVED_TASK_NAMES:  # figures of a run or objectives of tune, beside the tasks' own
+                _bad(p, name, "a task name other than " + ", ".join(RESERVED_TASK_NAMES))
             if not t.type:
                 raise UserError(f"config key '{p}.type' is missing; allowed: {', '.join(TASK_TYPES.names())}")
             TASK_TYPES.get(t.type, where=f"config key '{p}.type'")
@@ -1056,6 +1060,18 @@ def _build(cls: type, data: Any, path: str) -> Any:
             raise UserError(f"unknown config key '{sub}'{hint}; allowed here: {', '.join(fields)}")
         kwargs[key] = _convert(hints[key], value, sub)
     return cls(**kwargs)
+
+
+def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by a run (``config.json``, a checkpoint's ``polytask.json``) as this version reads it: where an
+    option was added with a default that differs from what older runs did, the saved config gets the old behaviour.
+    So far one: a regression task saved before ``standardize`` existed trained on raw targets."""
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(tasks, dict) or not any(isinstance(t, dict) and t.get("type") == "regression"
+                                              and "standardize" not in t for t in tasks.values()):
+        return data
+    return {**data, "tasks": {name: ({**t, "standardize": False} if isinstance(t, dict) and t.get("type") ==
+                                     "regression" and "standardize" not in t else t) for name, t in tasks.items()}}
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

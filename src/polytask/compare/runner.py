@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from polytask.config import Config
+from polytask.config import Config, upgrade_saved
 from polytask.errors import UserError
 from polytask.model.io import write_json
 
@@ -137,7 +137,7 @@ def same_config(saved: Any, wanted: dict[str, Any]) -> bool:
     if saved == wanted:
         return True
     try:
-        return Config.from_dict(saved).to_dict() == wanted
+        return Config.from_dict(upgrade_saved(saved)).to_dict() == wanted
     except (UserError, TypeError, ValueError):
         return False
 

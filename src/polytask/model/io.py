@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from polytask.config import Config
+from polytask.config import Config, upgrade_saved
 from polytask.errors import UserError
 from polytask.model.encoder import load_encoder, load_tokenizer
 from polytask.model.multitask import MultiTaskModel, build_model
@@ -143,7 +143,7 @@ def load_parts(folder: str | Path) -> tuple[dict[str, Any], Config, dict[str, Ta
     or an ONNX export."""
     folder = Path(folder)
     meta = read_meta(folder)
-    config = Config.from_dict(meta["config"])
+    config = Config.from_dict(upgrade_saved(meta["config"]))
     tasks = {name: build_task(name, config.tasks[name], spec["labels"]) for name, spec in meta["tasks"].items()}
     for name, spec in meta["tasks"].items():
         tasks[name].load_spec(spec)

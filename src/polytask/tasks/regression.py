@@ -56,7 +56,8 @@ class Regression(TaskType):
 
     def inherit_fit(self, base: TaskType) -> None:
         """A run that continues from a checkpoint keeps the base head's unit (its weights were learnt in it)."""
-        self.target_mean, self.target_std = base.target_mean, base.target_std
+        if base.type_name == self.type_name:  # (a task of another type is refused where the base is read)
+            self.target_mean, self.target_std = base.target_mean, base.target_std
 
     def build_head(self, hidden: int, dropout: float) -> torch.nn.Module:
         head = super().build_head(hidden, dropout)

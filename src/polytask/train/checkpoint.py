@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polytask.config import upgrade_saved
 from polytask.errors import UserError
 from polytask.model.io import (
     WEIGHTS_FILE,
@@ -52,6 +53,7 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path)
     """Resuming needs the same encoder and tasks — and the same model shape: the distilled student (its layers,
     encoder, hidden-state projections), the number of mutual-learning peers, and the continual-learning settings
     (base, old tasks, method: they decide what trains); training settings (e.g. more epochs) may change."""
+    saved = upgrade_saved(saved)
     for section in ("model", "tasks"):
         if saved.get(section) != current.get(section):
             keys = sorted(set(saved.get(section, {})) | set(current.get(section, {})))
@@ -64,6 +66,18 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path)
         if was != now:
             raise UserError(f"cannot resume: config key 'train.{key}' differs from the run in {folder} (saved "
                             f"{was!r}, now {now!r}); it changes the model, so use the run's value or --overwrite")
+
+
+def check_same_fit(saved: dict[str, Any], tasks: dict[str, Any], folder: Path) -> None:
+    """What the tasks fitted on their training data (labels, a regression head's unit) must be what the saved
+    model was trained with: a training file edited since would resume the weights under other meanings."""
+    for name, task in tasks.items():
+        was, now = saved.get(name, {}), task.spec()
+        diff = [k for k in now if k in was and k not in ("main_metric", "metric_reason") and was[k] != now[k]]
+        if diff:
+            raise UserError(f"cannot resume: task '{name}' fitted other {', '.join(diff)} on its training data than "
+                            f"the run in {folder} was trained with (was the training file changed?); restore it or "
+                            "use --overwrite")
 
 
 def _get(section: dict[str, Any], key: str) -> Any:
@@ -117,7 +131,9 @@ def load_last(folder: Path, run, early: EarlyStopping, rank: int, world_size: in
     sd = folder / STATE_DIR
     if not (sd / "trainer_state.json").is_file():
         raise UserError(f"cannot resume: {folder} holds no training state (was the run started?)")
-    check_same_run(read_meta(folder)["config"], run.config.to_dict(), folder)
+    meta = read_meta(folder)
+    check_same_run(meta["config"], run.config.to_dict(), folder)
+    check_same_fit(meta.get("tasks", {}), run.tasks, folder)
     saved_world = len(json.loads((sd / "rng.json").read_text()))
     if saved_world != world_size:
         raise UserError(f"cannot resume: {folder} was saved by {saved_world} process(es) but this run has "

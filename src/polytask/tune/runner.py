@@ -96,11 +96,15 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
         raise UserError(f"{out} exists and is not a study folder; choose another --study-dir")
     params = parse_space(tc.space)
     names, directions = objective_keys(config)
+    robust = tc.objective in ("noisy", "robust")  # scored under noise once a trial has trained
     check_validation(config, names)
+    if robust:
+        check_noises_apply(config)
     fixed = fixed_values(config, names)
     if resume and (out / "tune.json").is_file():  # the study's own objective and space, or a clear refusal
         before = json.loads((out / "tune.json").read_text(encoding="utf-8"))
-        for key, now in (("objective", names), ("space", json.loads(json.dumps(tc.space)))):
+        for key, now in (("objective", names), ("space", json.loads(json.dumps(tc.space))),
+                         ("robustness", robustness_spec(tc))):
             if before.get(key) != now:
                 raise UserError(f"config key 'tune.{key}' differs from the study in {out} ({before.get(key)!r} there, "
                                 f"{now!r} here); --resume continues a study as it was started: restore it, or use "
@@ -110,7 +114,8 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps({"objective": names, "directions": directions,
-                                               "space": tc.space, "config": config.to_dict()},
+                                               "space": tc.space, "robustness": robustness_spec(tc),
+                                               "config": config.to_dict()},
                                               indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -161,17 +166,17 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
             trial.set_user_attr("validation", found)
             print(f"tune: trial {trial.number} pruned after validation {hook.evals}", flush=True)
             raise optuna.TrialPruned()
-        if "noisy" in names:
+        if robust:
             noisy = noisy_validation(run_dir / "best", config.tune.robustness)
             trial.set_user_attr("robustness", noisy)
-            found["noisy"] = noisy["noisy"]
+            found.update(clean=noisy["clean"], noisy=noisy["noisy"])
         trial.set_user_attr("validation", found)
         got = read_objective(names, found, main)
         if any(v is None for v in got):
             raise UserError(f"trial {trial.number}: no validation figure for {names} (does every task have a "
                             "validation split?)")
         shown = "  ".join(f"{n}={v:.4f}" for n, v in zip(names, got))
-        if "noisy" in names:
+        if robust:
             shown += f"  (clean {noisy['clean']:.4f}, drop {noisy['drop']:.4f})"
         print(f"tune: trial {trial.number}: {shown}", flush=True)
         return got[0] if len(got) == 1 else got
@@ -183,6 +188,37 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
     best_configs, report = write_report(study, config, names, directions, out, source,
                                         seconds=time.perf_counter() - start, fixed=fixed)
     return TuneResult(out, study, best_configs, report)
+
+
+def robustness_spec(tc) -> dict[str, Any] | None:
+    """``tune.robustness`` as the study stores it (None for objectives that do not read it): a resumed study must
+    score its trials under the same noise."""
+    from dataclasses import asdict
+
+    return asdict(tc.robustness) if tc.objective in ("noisy", "robust") else None
+
+
+def check_noises_apply(config) -> None:
+    """Before the first trial: some noise of ``tune.robustness`` applies to some task's validation text (else every
+    trial would train and then have nothing to be scored on)."""
+    from polytask.data.features import read_examples
+    from polytask.robustness.noise import NOISES, applies
+    from polytask.robustness.runner import task_language
+    from polytask.tasks import build_task
+
+    rc = config.tune.robustness
+    noises = list(rc.noises) or list(NOISES)
+    for name, tcfg in config.tasks.items():
+        task = build_task(name, tcfg)
+        examples = read_examples(task, "validation")
+        if not examples:
+            continue
+        tagged = None if task.level != "token" else ("words" if isinstance(examples[0].text, list) else "chars")
+        if any(applies(n, task_language(examples), tagged) for n in noises):
+            return
+    raise UserError(f"config key 'tune.robustness.noises': none of {', '.join(noises)} applies to the validation "
+                    "text of any task (English noises to Chinese text, or the reverse?); tune.objective "
+                    f"{config.tune.objective} would have nothing to measure")
 
 
 def noisy_validation(checkpoint: Path, rc) -> dict[str, float]:
@@ -296,7 +332,9 @@ def make_sampler(tc, seed: int):
 def make_pruner(tc):
     import optuna
 
-    kind = tc.pruner if tc.pruner != "auto" else ("none" if tc.objective in ("pareto", "robust") else "median")
+    # auto: no pruning for a multi-objective study (Optuna cannot), nor for noisy, whose trials would be judged by the
+    # clean mean while they train — which is what a robust setting may trade early on
+    kind = tc.pruner if tc.pruner != "auto" else ("none" if tc.objective in ("pareto", "robust", "noisy") else "median")
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=0)
     if kind == "halving":
