@@ -105,7 +105,7 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
         before = json.loads((out / "tune.json").read_text(encoding="utf-8"))
         for key, now in (("objective", names), ("space", json.loads(json.dumps(tc.space))),
                          ("robustness", robustness_spec(tc))):
-            if before.get(key) != now:
+            if key in before and before[key] != now:  # (a tune.json written before a key existed: not checked)
                 raise UserError(f"config key 'tune.{key}' differs from the study in {out} ({before.get(key)!r} there, "
                                 f"{now!r} here); --resume continues a study as it was started: restore it, or use "
                                 "--overwrite or another --study-dir")
