@@ -8,8 +8,9 @@ clean − noisy, in points. ``drop cut`` is how much smaller a method's drop is 
 (mean over seeds; the goal: ≥ 30 %), ``clean cost`` how many points of clean metric it gives up (goal: ≤ 0.5).
 
 Methods: ``none``; the adversarial ones (fgm, pgd, freelb, smart, with their default options or ``--option``);
-``augment`` (``train.augment``: noisy copies of the training rows, ``--augment-prob``, ``--augment-rate``) and
-``augment-consistency`` (the same plus the consistency term, weight ``--consistency``). The augmentation trains
+``augment`` (``train.augment`` at polytask's defaults: noisy copies of the training rows, or ``--augment-prob``,
+``--augment-rate``, ``--augment-consistency``) and ``augment-consistency`` (the same with consistency weight
+``--consistency``). The augmentation trains
 on every noise of the suite but ``--held-out`` (default typo_keyboard), whose drop is reported on its own: does
 robustness carry over to a noise family never seen in training? Training noise is drawn from (train.seed, step,
 row), the evaluation's from noise seed 0 and the test row: the two never coincide.
@@ -59,8 +60,10 @@ def main() -> None:
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an option for every adversarial method, e.g. --option epsilon=0.2 (repeatable)")
     p.add_argument("--held-out", default="typo_keyboard", help="the noise the augmentation never trains on")
-    p.add_argument("--augment-prob", type=float, default=0.5, help="train.augment.prob (0.5)")
-    p.add_argument("--augment-rate", type=float, default=None, help="train.augment.rate (default: --rate)")
+    p.add_argument("--augment-prob", type=float, default=None, help="train.augment.prob (default: polytask's)")
+    p.add_argument("--augment-rate", type=float, default=None, help="train.augment.rate (default: polytask's)")
+    p.add_argument("--augment-consistency", type=float, default=None,
+                   help="augment's train.augment.consistency (default: polytask's)")
     p.add_argument("--consistency", type=float, default=1.0, help="augment-consistency's weight (1.0)")
     add_budget_args(p, "bench-adversarial")
     args = p.parse_args()
@@ -78,14 +81,19 @@ def main() -> None:
         options[key] = yaml.safe_load(value)
     if args.held_out not in NOISES:
         raise SystemExit(f"--held-out: unknown noise {args.held_out!r}; choose from {', '.join(NOISES)}")
-    augment = {"noise": [n for n in NOISES if n != args.held_out], "prob": args.augment_prob,
-               "rate": args.augment_rate or args.rate}
+    from polytask.config import AugmentConfig
+
+    default = AugmentConfig()
+    augment = {"noise": [n for n in NOISES if n != args.held_out],
+               "prob": default.prob if args.augment_prob is None else args.augment_prob,
+               "rate": default.rate if args.augment_rate is None else args.augment_rate}
+    plain = default.consistency if args.augment_consistency is None else args.augment_consistency
     for m in methods:
         if m != "none" and m not in AUGMENT:
             ADVERSARIAL.get(m, where="--methods").check_options(options, "--option")
     if "none" not in methods:
         methods.insert(0, "none")
-    method_config = {m: ({"augment": {**augment, "consistency": args.consistency if m == AUGMENT[1] else 0.0}}
+    method_config = {m: ({"augment": {**augment, "consistency": args.consistency if m == AUGMENT[1] else plain}}
                          if m in AUGMENT else {"adversarial": {"method": m, **(options if m != "none" else {})}})
                      for m in methods}
     out, overrides, base = budget(args, example, "bench-adversarial", [])
