@@ -16,10 +16,14 @@ class FGM(Adversarial):
     Example::
 
         train:
-          adversarial: {method: fgm, epsilon: 1.0, tasks: [intent]}
+          adversarial: {method: fgm, epsilon: 0.01, tasks: [intent]}
+
+    Default ``epsilon`` 0.01: the best of a 10-trial ``polytask tune`` study on ATIS with the noisy-validation
+    objective (``examples/tune/atis_adversarial.yaml``; 1.0, the earlier default, cost 4-8 points of clean
+    accuracy). At that size FGM regularises — clean accuracy rises — rather than shrinking the noise drop.
     """
 
-    options = {"epsilon": 1.0}
+    options = {"epsilon": 0.01}
 
     def objective(self, p: Perturbable):
         r = self.opts["epsilon"] * p.normalize(self.ascend(p, p.zeros()))
