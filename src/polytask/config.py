@@ -1068,12 +1068,13 @@ def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
     """A config saved by a run (``config.json``, a checkpoint's ``polytask.json``) as this version reads it: where an
     option was added with a default that differs from what older runs did, the saved config gets the old behaviour.
     So far one: a regression task saved before ``standardize`` existed trained on raw targets."""
+    def raw_units(t: Any) -> bool:
+        return isinstance(t, dict) and t.get("type") == "regression" and "standardize" not in t
+
     tasks = data.get("tasks") if isinstance(data, dict) else None
-    if not isinstance(tasks, dict) or not any(isinstance(t, dict) and t.get("type") == "regression"
-                                              and "standardize" not in t for t in tasks.values()):
+    if not isinstance(tasks, dict) or not any(map(raw_units, tasks.values())):
         return data
-    return {**data, "tasks": {name: ({**t, "standardize": False} if isinstance(t, dict) and t.get("type") ==
-                                     "regression" and "standardize" not in t else t) for name, t in tasks.items()}}
+    return {**data, "tasks": {name: {**t, "standardize": False} if raw_units(t) else t for name, t in tasks.items()}}
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polytask.config import _absolute, apply_override, load_config, read_yaml, upgrade_saved
+from polytask.config import _absolute, apply_override, load_config, read_yaml
 from polytask.errors import UserError
 from polytask.model.io import read_meta, write_json
 from polytask.predict import Predictor, checkpoint_dir
@@ -37,7 +37,7 @@ def base_config(run: str | Path) -> tuple[Path, dict[str, Any]]:
     """The base checkpoint folder and its config as a plain dict, without the sections a new run does not inherit
     (distillation, mutual learning, an earlier continual step's settings, meta-learning)."""
     ckpt = checkpoint_dir(run).resolve()
-    data = copy.deepcopy(upgrade_saved(read_meta(ckpt)["config"]))
+    data = copy.deepcopy(read_meta(ckpt)["config"])
     for key in ("distill", "mutual", "continual", "meta"):
         data["train"].pop(key, None)
     for t in data["tasks"].values():

@@ -126,6 +126,7 @@ def save_checkpoint(folder: str | Path, model: MultiTaskModel, tokenizer, config
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``polytask.json``, its config read as this version reads a saved one (``upgrade_saved``)."""
     folder = Path(folder)
     recover(folder)
     meta_path = folder / META_FILE
@@ -133,9 +134,10 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"{folder} is not a polytask checkpoint (no {META_FILE}); "
                         "give a run folder's best/ or last/ checkpoint")
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path}: unreadable ({e})") from None
+    return {**meta, "config": upgrade_saved(meta["config"])} if isinstance(meta, dict) and "config" in meta else meta
 
 
 def load_parts(folder: str | Path) -> tuple[dict[str, Any], Config, dict[str, TaskType], Any]:
@@ -143,7 +145,7 @@ def load_parts(folder: str | Path) -> tuple[dict[str, Any], Config, dict[str, Ta
     or an ONNX export."""
     folder = Path(folder)
     meta = read_meta(folder)
-    config = Config.from_dict(upgrade_saved(meta["config"]))
+    config = Config.from_dict(meta["config"])
     tasks = {name: build_task(name, config.tasks[name], spec["labels"]) for name, spec in meta["tasks"].items()}
     for name, spec in meta["tasks"].items():
         tasks[name].load_spec(spec)

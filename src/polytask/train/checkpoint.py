@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polytask.config import upgrade_saved
 from polytask.errors import UserError
 from polytask.model.io import (
     WEIGHTS_FILE,
@@ -53,7 +52,6 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], folder: Path)
     """Resuming needs the same encoder and tasks — and the same model shape: the distilled student (its layers,
     encoder, hidden-state projections), the number of mutual-learning peers, and the continual-learning settings
     (base, old tasks, method: they decide what trains); training settings (e.g. more epochs) may change."""
-    saved = upgrade_saved(saved)
     for section in ("model", "tasks"):
         if saved.get(section) != current.get(section):
             keys = sorted(set(saved.get(section, {})) | set(current.get(section, {})))
