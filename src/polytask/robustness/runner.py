@@ -72,6 +72,13 @@ def task_language(examples: list[Example]) -> bool:
     return sum(is_cjk_text(t) for t in texts) * 2 > len(texts)
 
 
+def text_kind(task: TaskType, examples: list[Example]) -> tuple[bool, str | None]:
+    """What decides which noises apply to a task (``applies``): whether its text is Chinese, and for a tagging task
+    whether it tags words or characters (None for the other types)."""
+    tagged = None if task.level != "token" else ("words" if isinstance(examples[0].text, list) else "chars")
+    return task_language(examples), tagged
+
+
 def robustness(predictor: Predictor, split: str = "test", noises: list[str] | None = None, rate: float = 0.1,
                seed: int = 0, batch_size: int = 64, max_samples: int | None = None,
                progress: bool = True) -> dict[str, Any]:
@@ -97,8 +104,7 @@ def robustness(predictor: Predictor, split: str = "test", noises: list[str] | No
     for name, d in data.items():
         task = d.task
         examples = d.examples[split][:max_samples] if max_samples else d.examples[split]
-        chinese = task_language(examples)
-        tagged = None if task.level != "token" else ("words" if isinstance(examples[0].text, list) else "chars")
+        chinese, tagged = text_kind(task, examples)
         entry: dict[str, Any] = {"metric": task.main_metric, "higher_is_better": task.higher_is_better,
                                  "examples": len(examples), "language": "zh" if chinese else "en",
                                  "noises": {}}

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from polytask.tune.space import parse_space, set_key
+from polytask.tune.space import NOISE_OBJECTIVES, parse_space, set_key
 
 SPLITS = ("train", "validation", "test", "distill_data")
 
@@ -96,7 +96,7 @@ def write_report(study, config, names: list[str], directions: list[str], out: Pa
             lines.append(f"| {t.number} | " + " | ".join(f"{v:.4f}" for v in t.values) + " | "
                          + " | ".join(short(t.params.get(k)) for k in keys) + " |")
         lines += ["", "Each Pareto-optimal trial's config: `pareto/trial-NNN.yaml` (the best one is `best.yaml`).", ""]
-    noisy = config.tune.objective in ("noisy", "robust")  # each trial's clean mean and drop beside them
+    noisy = config.tune.objective in NOISE_OBJECTIVES  # each trial's clean mean and drop beside them
     extra = [k for k in ("clean", "drop") if k not in names] if noisy else []
     lines += ["## Every trial", "", "| trial | state | " + " | ".join(names + extra) + " | "
               + " | ".join(f"`{k}`" for k in keys) + " | s |", "|" + "---|" * (3 + len(names + extra) + len(keys))]

@@ -21,7 +21,7 @@ from typing import Any
 
 from polytask.errors import NotSupportedError, UserError
 from polytask.tune.report import short
-from polytask.tune.space import objective_keys, parse_space, trial_config
+from polytask.tune.space import NOISE_OBJECTIVES, objective_keys, parse_space, trial_config
 
 STUDY_NAME = "polytask"
 
@@ -96,7 +96,7 @@ def tune(config, trials: int | None = None, study_dir: str | Path | None = None,
         raise UserError(f"{out} exists and is not a study folder; choose another --study-dir")
     params = parse_space(tc.space)
     names, directions = objective_keys(config)
-    robust = tc.objective in ("noisy", "robust")  # scored under noise once a trial has trained
+    robust = tc.objective in NOISE_OBJECTIVES
     check_validation(config, names)
     if robust:
         check_noises_apply(config)
@@ -195,7 +195,7 @@ def robustness_spec(tc) -> dict[str, Any] | None:
     score its trials under the same noise."""
     from dataclasses import asdict
 
-    return asdict(tc.robustness) if tc.objective in ("noisy", "robust") else None
+    return asdict(tc.robustness) if tc.objective in NOISE_OBJECTIVES else None
 
 
 def check_noises_apply(config) -> None:
@@ -203,7 +203,7 @@ def check_noises_apply(config) -> None:
     trial would train and then have nothing to be scored on)."""
     from polytask.data.features import read_examples
     from polytask.robustness.noise import NOISES, applies
-    from polytask.robustness.runner import task_language
+    from polytask.robustness.runner import text_kind
     from polytask.tasks import build_task
 
     rc = config.tune.robustness
@@ -213,8 +213,7 @@ def check_noises_apply(config) -> None:
         examples = read_examples(task, "validation")
         if not examples:
             continue
-        tagged = None if task.level != "token" else ("words" if isinstance(examples[0].text, list) else "chars")
-        if any(applies(n, task_language(examples), tagged) for n in noises):
+        if any(applies(n, *text_kind(task, examples)) for n in noises):
             return
     raise UserError(f"config key 'tune.robustness.noises': none of {', '.join(noises)} applies to the validation "
                     "text of any task (English noises to Chinese text, or the reverse?); tune.objective "
@@ -334,7 +333,7 @@ def make_pruner(tc):
 
     # auto: no pruning for a multi-objective study (Optuna cannot), nor for noisy, whose trials would be judged by the
     # clean mean while they train — which is what a robust setting may trade early on
-    kind = tc.pruner if tc.pruner != "auto" else ("none" if tc.objective in ("pareto", "robust", "noisy") else "median")
+    kind = tc.pruner if tc.pruner != "auto" else ("none" if tc.objective in ("pareto", *NOISE_OBJECTIVES) else "median")
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=0)
     if kind == "halving":

@@ -117,6 +117,9 @@ def trial_config(config, values: dict[str, Any], output_dir: str | None = None):
     return Config.from_dict(data).validate()
 
 
+NOISE_OBJECTIVES = ("noisy", "robust")  # objectives scored under tune.robustness once a trial has trained
+
+
 def objective_keys(config) -> tuple[list[str], list[str]]:
     """The objective's names and directions (``maximize``/``minimize``). A ``<task>`` objective is named
     ``<task>`` here and read as its main metric once trained."""
@@ -192,7 +195,7 @@ def check_robustness(config) -> None:
     from polytask.robustness.noise import NOISES
 
     rc, default = config.tune.robustness, type(config.tune.robustness)()
-    if rc != default and config.tune.objective not in ("noisy", "robust"):
+    if rc != default and config.tune.objective not in NOISE_OBJECTIVES:
         raise UserError(f"config key 'tune.robustness' is set but tune.objective is {config.tune.objective!r}; it "
                         "only serves the objectives noisy and robust")
     unknown = [n for n in rc.noises if n not in NOISES]
