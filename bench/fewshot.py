@@ -106,16 +106,18 @@ def probe(encoder: str, task, train, test, max_length: int) -> float:
     return 100 * task.metrics(predictions, [e.label for e in test])[task.main_metric]
 
 
-def setfit_score(encoder: str, task, train, test, out: Path) -> float:
+def setfit_score(encoder: str, task, train, test, out: Path, max_length: int) -> float:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     from polytask.catalog.encoders import resolve_encoder
 
     model = SetFitModel.from_pretrained(str(resolve_encoder(encoder)))
+    model.model_body.max_seq_length = max_length  # the tokens polytask reads, not the encoder's 512
     data = Dataset.from_dict({"text": [e.text for e in train], "label": [e.label for e in train]})
-    # output_dir: SetFit's trainer writes checkpoints there (by default into ./checkpoints of the current folder)
-    args = TrainingArguments(batch_size=16, num_epochs=1, output_dir=str(out))
+    # output_dir: SetFit's trainer writes checkpoints there (by default into ./checkpoints of the current folder);
+    # report_to none: by default it logs to every tracker installed (W&B would ask for a login)
+    args = TrainingArguments(batch_size=16, num_epochs=1, output_dir=str(out), report_to="none")
     Trainer(model=model, args=args, train_dataset=data).train()
     shutil.rmtree(out, ignore_errors=True)
     pred = [str(p) for p in model.predict([e.text for e in test])]
@@ -132,7 +134,7 @@ def measure(method: str, encoder: str, task, train, test, max_length: int, start
     if method == "probe":
         score = probe(encoder, task, train, test, max_length)
     elif method == "setfit":
-        score = setfit_score(encoder, task, train, test, cell / "setfit")
+        score = setfit_score(encoder, task, train, test, cell / "setfit", max_length)
     else:
         r = adapt(start, task_file, shots=k, seeds=1, output=str(cell / "adapt"),
                   overrides=[*adapt_set, f"train.seed={seed}"], overwrite=True)

@@ -107,9 +107,12 @@ def main() -> None:
     cells = ["–"] * (len(tasks) + 2) + [f"{(merged / 'model.safetensors').stat().st_size / 1e6:.2f}", "–",
                                         f"{len(inputs) / speed['lora-shared, merged']:.1f}"]
     print("| lora-shared, merged (polytask export --merge; inference only) | " + " | ".join(cells) + " |")
-    diffs = {t: [100 * (a["scores"][t] - b["scores"][t]) for a, b in zip(rows["lora-shared"], rows["full"])]
-             for t in tasks}
-    print("\nlora-shared − full, points: " + ", ".join(f"{t} {mean_std(d)[0]:+.2f}" for t, d in diffs.items()))
+    print()
+    for v in VARIANTS[1:]:  # per seed (same seed, same data order), then mean ± std over seeds
+        diffs = {t: [100 * (a["scores"][t] - b["scores"][t]) for a, b in zip(rows[v], rows["full"])] for t in tasks}
+        print(f"{v} − full, points: " + ", ".join(
+            "{} {:+.2f} ± {:.2f} ({})".format(t, *mean_std(d), " / ".join(f"{x:+.2f}" for x in d))
+            for t, d in diffs.items()))
     ratios = [a["mean"] / b["mean"] for a, b in zip(rows["lora-shared"], rows["full"]) if b["mean"]]
     print(ratio_line(sum(ratios) / len(ratios) if ratios else float("nan")))
 
