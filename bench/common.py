@@ -30,6 +30,24 @@ from polytask.evaluate.runner import autocast_context, evaluate_split  # noqa: E
 from polytask.tasks.base import IGNORE_INDEX  # noqa: E402
 
 
+def cached(folder: Path, key: dict[str, Any], make) -> dict[str, Any]:
+    """``folder/result.json`` when it was measured with these settings (``key``: what the result depends on —
+    method, seed, overrides, the polytask defaults it ran under), else ``make()``'s result, written there with
+    its key. A rerun continues an interrupted benchmark; a changed setting or default measures the cell again
+    instead of reusing a stale figure."""
+    key = json.loads(json.dumps(key))  # as it reads back (tuples as lists)
+    path = folder / "result.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("key") == key:
+            return old
+        print(f"{path}: measured with other settings; measuring again", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {**make(), "key": key}
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def scratch_dir(prefix: str) -> Path:
     """A fresh temporary folder that is removed when the script ends well (a quick run's checkpoints are a few
     hundred MB each, and nothing reads them afterwards); after an uncaught exception it is kept, and said so, for

@@ -17,8 +17,8 @@ tasks' scores as a share of the joint run's; cost = seconds of the two add-task 
 estimate of ewc, and the forgetting report) vs seconds of the joint run (its training and a final test scoring).
 Mean ± std over seeds.
 
-Every finished run keeps its ``result.json`` under ``--output``; running again reuses it, so an interrupted
-benchmark continues where it stopped.
+Every finished run keeps its ``result.json`` (with the settings it was measured under) under ``--output``; running
+again reuses it when the settings match, so an interrupted benchmark continues where it stopped.
 
     python bench/continual.py --seeds 3
     python bench/continual.py --quick      # 1 seed, none + replay: 16 examples/task, 32 tokens, 1 epoch
@@ -26,13 +26,12 @@ benchmark continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
 
 import yaml
-from common import ROOT, add_budget_args, budget, machine, parser, ratio_line, setup_threads
+from common import ROOT, add_budget_args, budget, cached, machine, parser, ratio_line, setup_threads
 
 METHODS = ("none", "replay", "ewc", "l2sp", "freeze")
 NEW_TASKS = {
@@ -49,16 +48,6 @@ def test_scores(run: Path) -> dict[str, float]:
     model = polytask.load(run / "best")
     s = evaluate_checkpoint(model, "test")
     return {t: 100 * s[t][task.main_metric] for t, task in model.tasks.items()}
-
-
-def cached(run: Path, make) -> dict:
-    """``run/result.json`` when that run finished earlier, else ``make()``'s result written there."""
-    path = run / "result.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = make()
-    path.write_text(json.dumps(result, indent=2))
-    return result
 
 
 def train_fresh(run: Path, overrides: list[str], extra_tasks: dict) -> dict:
@@ -114,7 +103,8 @@ def main() -> None:
         seed_set = [*QUIET, *overrides, f"train.seed={seed}"]
 
         base = folder / "base"
-        base_result = cached(base, partial(train_fresh, base, seed_set, {}))
+        base_key = {"run": "base", "overrides": seed_set}
+        base_result = cached(base, base_key, partial(train_fresh, base, seed_set, {}))
         print(f"seed {seed} base: " + ", ".join(f"{t} {v:.2f}" for t, v in base_result["scores"].items())
               + f" ({base_result['seconds']:.0f} s)", flush=True)
 
@@ -126,11 +116,11 @@ def main() -> None:
             task_files[t].write_text(yaml.safe_dump({"tasks": {t: new_specs[t]},
                                                      "train": {"epochs": new_epochs}}))
         for m in methods:
-            steps, previous = [], base
+            steps, previous, key = [], base, base_key
             for t in NEW_TASKS:
                 run = folder / m / f"+{t}"
-
-                steps.append(cached(run, partial(add_step, previous, task_files[t], run, seed_set, m)))
+                key = {"add": t, "method": m, "task_file": task_files[t].read_text(), "onto": key}
+                steps.append(cached(run, key, partial(add_step, previous, task_files[t], run, seed_set, m)))
                 previous = run
             final = steps[-1]["scores"]
             atis = [final[t] - base_result["scores"][t] for t in base_result["scores"]]
@@ -143,7 +133,8 @@ def main() -> None:
                   + f"; ATIS change {row['atis_change']:+.2f}, backward transfer "
                   + " / ".join(f"{b:+.2f}" for b in row["bwt"]) + f" ({row['seconds']:.0f} s)", flush=True)
         joint = folder / "joint"
-        joint_rows.append(cached(joint, partial(train_fresh, joint, seed_set, new_specs)))
+        joint_rows.append(cached(joint, {"run": "joint", "overrides": seed_set, "tasks": new_specs},
+                                 partial(train_fresh, joint, seed_set, new_specs)))
         print(f"seed {seed} joint: " + ", ".join(f"{t} {v:.2f}" for t, v in joint_rows[-1]["scores"].items())
               + f" ({joint_rows[-1]['seconds']:.0f} s)", flush=True)
 

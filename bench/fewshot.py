@@ -16,7 +16,8 @@ method), and it is learnt by
 
 Test split (``--eval-samples`` rows), main metric, mean ± std over seeds, and seconds per adaptation. The
 multi-task and meta-learned starts are trained once per held-out task and reused; every finished cell keeps its
-``result.json`` under ``--output``, so an interrupted benchmark continues where it stopped.
+``result.json`` (with the settings it was measured under: K, seed, start, ``polytask adapt``'s defaults) under
+``--output``, so an interrupted benchmark continues where it stopped and a changed default measures again.
 
     python bench/fewshot.py --example english3 --shots 8,16,32 --seeds 5
     python bench/fewshot.py --example chinese --shots 8,16,32 --seeds 5
@@ -25,6 +26,7 @@ multi-task and meta-learned starts are trained once per held-out task and reused
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import shutil
@@ -33,19 +35,10 @@ from functools import partial
 from pathlib import Path
 
 import yaml
-from common import add_budget_args, budget, machine, parser, ratio_line, setup_threads
+from common import add_budget_args, budget, cached, machine, parser, ratio_line, setup_threads
 
 METHODS = ("probe", "plain", "multi", "meta", "setfit")
 HELD_OUT = {"english3": ["topic", "sentiment", "intent"], "chinese": ["review", "news"]}
-
-
-def cached(path: Path, make):
-    if (path / "result.json").is_file():
-        return json.loads((path / "result.json").read_text())
-    path.mkdir(parents=True, exist_ok=True)
-    result = make()
-    (path / "result.json").write_text(json.dumps(result, indent=2))
-    return result
 
 
 def kshot_rows(task_cfg: dict, name: str, shots: int, seed: int):
@@ -157,6 +150,7 @@ def main() -> None:
     import polytask
     from polytask.compare.runner import mean_std
     from polytask.errors import UserError
+    from polytask.meta.adapt import ADAPT_TRAIN
 
     if args.quick:  # enough rows that every other task has two labels with a support and a query row
         args.held_out = args.held_out or "topic"
@@ -212,8 +206,14 @@ def main() -> None:
                 for m in methods:
                     cell = out / h / f"k{k}" / f"seed{seed}" / m
 
-                    res = cached(cell, partial(measure, m, encoder, task, train, test, base.model.max_length,
-                                               starts.get(m, encoder), task_file, k, seed, cell, adapt_set))
+                    key = {"method": m, "shots": k, "seed": seed, "max_length": base.model.max_length,
+                           "start": starts.get(m, encoder)}
+                    if m in ("plain", "multi", "meta"):  # polytask adapt's defaults and overrides
+                        key.update(adapt=ADAPT_TRAIN, adapt_set=adapt_set, task_file=task_file.read_text())
+                    if m == "setfit":
+                        key["setfit"] = importlib.metadata.version("setfit")
+                    res = cached(cell, key, partial(measure, m, encoder, task, train, test, base.model.max_length,
+                                                    starts.get(m, encoder), task_file, k, seed, cell, adapt_set))
                     table.setdefault((h, k, m), []).append(res["score"])
                     seconds[m].append(res["seconds"])
                     print(f"{h} K={k} seed {seed} {m}: {res['score']:.2f} ({res['seconds']:.1f} s)", flush=True)

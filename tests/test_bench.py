@@ -78,3 +78,27 @@ def test_gpu_bench_dry_run():
     proc = run_bench("gpu", "--dry-run", "--peak-tflops", "1")
     assert "| lengths | joint batches |" in proc.stdout
     assert math.isfinite(ratio(proc))
+
+
+def test_cached_cells_are_reused_only_under_the_same_settings(tmp_path, monkeypatch, capsys):
+    """bench/common.cached: an interrupted benchmark continues from its finished cells, but a cell measured under
+    other settings (or before settings were recorded) is measured again, not reported as it was."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from common import cached
+
+    calls = []
+
+    def make(value):
+        calls.append(value)
+        return {"score": value}
+
+    cell = tmp_path / "cell"
+    key = {"method": "plain", "seed": 42, "adapt": {"head_lr": 0.01, "sizes": (8, 16)}}
+    assert cached(cell, key, lambda: make(1.0))["score"] == 1.0
+    assert cached(cell, dict(key), lambda: make(2.0))["score"] == 1.0  # same settings (tuples read back as lists)
+    assert calls == [1.0]
+    assert cached(cell, {**key, "seed": 43}, lambda: make(3.0))["score"] == 3.0
+    assert "measured with other settings" in capsys.readouterr().out
+    (cell / "result.json").write_text('{"score": 4.0}')  # a cell from before keys were written
+    assert cached(cell, key, lambda: make(5.0))["score"] == 5.0
+    assert calls == [1.0, 3.0, 5.0]
