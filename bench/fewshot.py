@@ -105,17 +105,27 @@ def setfit_score(encoder: str, task, train, test, out: Path, max_length: int) ->
 
     from polytask.catalog.encoders import resolve_encoder
 
-    model = SetFitModel.from_pretrained(str(resolve_encoder(encoder)))
+    multilabel = task.type_name == "multilabel_classification"
+    # a multi-label task: one binary head per label seen in the K-shot rows (SetFit's one-vs-rest strategy)
+    labels = sorted({lab for e in train for lab in e.label}) if multilabel else None
+    model = SetFitModel.from_pretrained(str(resolve_encoder(encoder)),
+                                        **({"multi_target_strategy": "one-vs-rest"} if multilabel else {}))
     model.model_body.max_seq_length = max_length  # the tokens polytask reads, not the encoder's 512
-    data = Dataset.from_dict({"text": [e.text for e in train], "label": [e.label for e in train]})
+    targets = [[int(lab in e.label) for lab in labels] for e in train] if multilabel else [e.label for e in train]
+    data = Dataset.from_dict({"text": [e.text for e in train], "label": targets})
     # output_dir: SetFit's trainer writes checkpoints there (by default into ./checkpoints of the current folder);
     # report_to none: by default it logs to every tracker installed (W&B would ask for a login)
     args = TrainingArguments(batch_size=16, num_epochs=1, output_dir=str(out), report_to="none")
     Trainer(model=model, args=args, train_dataset=data).train()
     shutil.rmtree(out, ignore_errors=True)
-    pred = [str(p) for p in model.predict([e.text for e in test])]
-    task.set_labels(sorted({e.label for e in train + test}))
-    return 100 * task.metrics([{"label": p} for p in pred], [e.label for e in test])[task.main_metric]
+    pred = model.predict([e.text for e in test])
+    if multilabel:
+        task.set_labels(sorted(set(labels) | {lab for e in test for lab in e.label}))
+        predictions = [{"labels": [lab for lab, on in zip(labels, row) if on]} for row in pred.tolist()]
+    else:
+        task.set_labels(sorted({e.label for e in train + test}))
+        predictions = [{"label": str(p)} for p in pred]
+    return 100 * task.metrics(predictions, [e.label for e in test])[task.main_metric]
 
 
 def measure(method: str, encoder: str, task, train, test, max_length: int, start: str, task_file: Path, k: int,
