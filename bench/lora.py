@@ -6,7 +6,7 @@ as shipped), ``lora-shared`` and ``lora-per_task`` (``model.peft: {method: lora,
 scores (main metric per task, mean ± std over seeds), trainable encoder parameters (and their share of the
 encoder), checkpoint MB (``best/model.safetensors``), training step time (wall time of training / optimizer
 steps), and inference examples/s answering every task, measured side by side on the same inputs in this
-process (variants interleaved, best of 2), plus lora-shared merged into the encoder by ``polytask export
+process (variants interleaved, best of 5), plus lora-shared merged into the encoder by ``polytask export
 --merge``.
 
 ``ratio`` = lora-shared's mean score / full fine-tuning's (mean over seeds).
@@ -76,7 +76,7 @@ def main() -> None:
             print(f"seed {seed} {v}: mean {100 * scores['mean']:.2f} ({timing['seconds']:.0f} s, "
                   f"{timing['steps']} steps)", flush=True)
 
-    # inference side by side: every variant of the first seed on the same inputs, interleaved, best of 2
+    # inference side by side: every variant of the first seed on the same inputs, interleaved, best of 5 (shared CPU)
     first = {v: polytask.load(rows[v][0]["run"] / "best") for v in VARIANTS}
     merged = export_merged(rows["lora-shared"][0]["run"], rows["lora-shared"][0]["run"] / "merged", overwrite=True)
     first["lora-shared, merged"] = polytask.load(merged)  # polytask export --merge: the adapter folded in
@@ -84,7 +84,7 @@ def main() -> None:
     for pred in first.values():  # warm-up
         pred.predict(inputs, batch_size=32)
     speed = {v: float("inf") for v in first}
-    for _ in range(2):
+    for _ in range(5):
         for v, pred in first.items():
             speed[v] = min(speed[v], timed(lambda pred=pred: pred.predict(inputs, batch_size=32)))
 
