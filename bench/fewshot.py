@@ -205,7 +205,13 @@ def main() -> None:
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
             starts[kind] = str(folder)
         task_file = out / h / "task.yaml"
-        task_file.write_text(yaml.safe_dump({"tasks": {h: spec}, "model": {"max_length": base.model.max_length}}))
+        task_text = yaml.safe_dump({"tasks": {h: spec}, "model": {"max_length": base.model.max_length}})
+        task_file.write_text(task_text)
+        # what a cell's figure depends on beyond K, seed and start: polytask adapt's defaults, or SetFit's version
+        settings = {m: {"adapt": ADAPT_TRAIN, "adapt_set": adapt_set, "task_file": task_text}
+                    for m in ("plain", "multi", "meta")}
+        if "setfit" in methods:
+            settings["setfit"] = {"setfit": importlib.metadata.version("setfit")}
         for k in shots:
             for seed in seeds:
                 try:
@@ -215,13 +221,8 @@ def main() -> None:
                     break
                 for m in methods:
                     cell = out / h / f"k{k}" / f"seed{seed}" / m
-
                     key = {"method": m, "shots": k, "seed": seed, "max_length": base.model.max_length,
-                           "start": starts.get(m, encoder)}
-                    if m in ("plain", "multi", "meta"):  # polytask adapt's defaults and overrides
-                        key.update(adapt=ADAPT_TRAIN, adapt_set=adapt_set, task_file=task_file.read_text())
-                    if m == "setfit":
-                        key["setfit"] = importlib.metadata.version("setfit")
+                           "start": starts.get(m, encoder), **settings.get(m, {})}
                     res = cached(cell, key, partial(measure, m, encoder, task, train, test, base.model.max_length,
                                                     starts.get(m, encoder), task_file, k, seed, cell, adapt_set))
                     table.setdefault((h, k, m), []).append(res["score"])
