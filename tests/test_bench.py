@@ -102,3 +102,27 @@ def test_cached_cells_are_reused_only_under_the_same_settings(tmp_path, monkeypa
     (cell / "result.json").write_text('{"score": 4.0}')  # a cell from before keys were written
     assert cached(cell, key, lambda: make(5.0))["score"] == 5.0
     assert calls == [1.0, 3.0, 5.0]
+
+
+def test_fewshot_intent_split_keeps_the_held_out_intents_apart(tmp_path, monkeypatch):
+    """bench/fewshot.py's new-intents: the held-out task reads only rows with one held-out intent, the starts'
+    intent task only rows with none of them, on every split — the starts never see a held-out intent."""
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from fewshot import NEW_INTENTS, split_intents
+
+    from polytask.config import load_config
+
+    tasks = load_config(ROOT / "examples" / "english3.yaml").to_dict()["tasks"]
+    new, others = split_intents(tasks, tmp_path / "data")
+    assert set(others) == {"intent", "topic", "sentiment"} and others["topic"] == tasks["topic"]
+    assert others["intent"]["type"] == "multilabel_classification" and new["type"] == "classification"
+    for split in ("train", "validation", "test"):
+        held = [json.loads(line) for line in Path(new[split]).read_text().splitlines()]
+        kept = [json.loads(line) for line in Path(others["intent"][split]).read_text().splitlines()]
+        assert held and kept
+        assert {r["intent"] for r in held} <= set(NEW_INTENTS)
+        assert not any(set(r["intents"]) & set(NEW_INTENTS) for r in kept)
+    train = [json.loads(line)["intent"] for line in Path(new["train"]).read_text().splitlines()]
+    assert set(train) == set(NEW_INTENTS) and min(train.count(i) for i in NEW_INTENTS) >= 32  # K = 32 is drawable
