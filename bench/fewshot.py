@@ -48,8 +48,8 @@ from common import add_budget_args, budget, cached, machine, parser, ratio_line,
 
 METHODS = ("probe", "plain", "multi", "meta", "setfit")
 HELD_OUT = {"english3": ["topic", "sentiment", "new-intents"], "chinese": ["review", "news"]}
-NEW_INTENTS = ("atis_ground_service", "atis_airline", "atis_abbreviation", "atis_aircraft", "atis_flight_time",
-               "atis_quantity")
+NEW_INTENTS = frozenset({"atis_ground_service", "atis_airline", "atis_abbreviation", "atis_aircraft",
+                         "atis_flight_time", "atis_quantity"})
 
 
 def split_intents(tasks: dict, folder: Path) -> tuple[dict, dict]:
@@ -57,23 +57,20 @@ def split_intents(tasks: dict, folder: Path) -> tuple[dict, dict]:
     intents outside ``NEW_INTENTS``), their rows written as JSON lines under ``folder``."""
     from polytask.config import load_config
     from polytask.data.features import task_rows
+    from polytask.meta.adapt import write_rows
 
     spec = tasks["intent"]
     cfg = load_config(data={"model": {"encoder": "minilm"}, "tasks": {"intent": spec}}).tasks["intent"]
-    folder.mkdir(parents=True, exist_ok=True)
     new = {"type": "classification", "text": "text", "label": "intent"}
     old = {k: v for k, v in spec.items() if k not in ("dataset", "train", "validation", "test")}
     old.update(text="text", label="intents")
     for split in ("train", "validation", "test"):
-        rows = [r for _, r in task_rows("intent", cfg, split)]
-        held = [{"text": r["text"], "intent": r["intents"][0]} for r in rows
+        rows = task_rows("intent", cfg, split)
+        held = [(w, {"text": r["text"], "intent": r["intents"][0]}) for w, r in rows
                 if len(r["intents"]) == 1 and r["intents"][0] in NEW_INTENTS]
-        kept = [{"text": r["text"], "intents": r["intents"]} for r in rows
-                if not set(r["intents"]) & set(NEW_INTENTS)]
-        for name, part, target in (("new", held, new), ("old", kept, old)):
-            path = folder / f"{name}-{split}.jsonl"
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
-            target[split] = str(path.resolve())
+        kept = [i for i, (_, r) in enumerate(rows) if not NEW_INTENTS.intersection(r["intents"])]
+        new[split] = str(write_rows(folder / f"new-{split}.jsonl", held, list(range(len(held)))).resolve())
+        old[split] = str(write_rows(folder / f"old-{split}.jsonl", rows, kept).resolve())
     new["max_eval_samples"] = spec.get("max_eval_samples")
     return new, {**{t: s for t, s in tasks.items() if t != "intent"}, "intent": old}
 
